@@ -1,0 +1,192 @@
+"""Everything that depends on one Keras backend or on Keras internals, in one place.
+
+The rest of keras_resume calls only these functions. Supporting another backend
+(JAX, PyTorch) or another Keras release means changing this module alone.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import keras
+import numpy as np
+
+
+def name() -> str:
+    return keras.backend.backend()
+
+
+def versions() -> dict:
+    from keras_resume import __version__
+
+    info = {
+        "keras_resume": __version__,
+        "keras": keras.version(),
+        "backend": name(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+    }
+    module = sys.modules.get(_BACKEND_MODULES.get(name(), ""))
+    if module is not None:
+        info["backend_version"] = getattr(module, "__version__", "unknown")
+    return info
+
+
+_BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+
+
+def to_numpy(variable) -> np.ndarray:
+    """A host copy of a Keras variable's value (works for distributed variables too)."""
+    return np.array(keras.ops.convert_to_numpy(variable.value), copy=True)
+
+
+def read_int(variable) -> int:
+    return int(to_numpy(variable))
+
+
+# --- Random number generators owned by the backend -------------------------------
+
+
+def capture_backend_rng() -> dict:
+    """JSON-able state of the backend's own process-wide random generators."""
+    if name() != "tensorflow":
+        return {}
+    from tensorflow.python.eager import context
+
+    state = {}
+    rng = getattr(context.context(), "_rng", None)
+    if rng is not None:
+        # Eager ops without an op seed draw it from this `random.Random`.
+        state["tf_op_seed_rng"] = _python_rng_to_json(rng.getstate())
+    generator = _tf_global_generator()
+    if generator is not None:
+        state["tf_global_generator"] = generator.state.numpy().tolist()
+    return state
+
+
+def restore_backend_rng(state: dict) -> list[str]:
+    """Restores what `capture_backend_rng` saved; returns what could not be restored."""
+    missing = []
+    if not state:
+        return missing
+    if name() != "tensorflow":
+        return sorted(state)
+    from tensorflow.python.eager import context
+
+    if "tf_op_seed_rng" in state:
+        rng = getattr(context.context(), "_rng", None)
+        if rng is None:
+            missing.append("tf_op_seed_rng (call keras.utils.set_random_seed first)")
+        else:
+            rng.setstate(_python_rng_from_json(state["tf_op_seed_rng"]))
+    if "tf_global_generator" in state:
+        import tensorflow as tf
+
+        generator = tf.random.get_global_generator()
+        generator.state.assign(np.asarray(state["tf_global_generator"], dtype=np.int64))
+    return missing
+
+
+def _tf_global_generator():
+    from tensorflow.python.ops import stateful_random_ops
+
+    return getattr(stateful_random_ops, "global_generator", None)
+
+
+def _python_rng_to_json(state) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _python_rng_from_json(state) -> tuple:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+GLOBAL_SEED_GENERATOR_NAME = "keras_global_seed_generator"
+
+
+def seed_generators(model) -> list[tuple[str, object]]:
+    """Every `SeedGenerator` that drives the model's randomness, in a stable order.
+
+    Includes each layer's generators (Dropout, random augmentation, ...) and
+    Keras's global generator, which unseeded `keras.random` calls use.
+    """
+    from keras.src.backend.common import global_state
+    from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
+
+    found = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for i, generator in enumerate(getattr(layer, "_seed_generators", [])):
+            found.append((f"{layer.name}/seed_generator_{i}", generator))
+    global_generator = global_state.get_global_attribute(GLOBAL_SEED_GENERATOR)
+    if global_generator is not None:
+        found.append((GLOBAL_SEED_GENERATOR_NAME, global_generator))
+    return found
+
+
+# --- The training loop inside model.fit --------------------------------------------
+
+
+def metric_variables(model) -> list:
+    """The variables of the running epoch's metrics (reset at every epoch start)."""
+    return list(model.metrics_variables)
+
+
+def set_initial_epoch(model, epoch: int | None) -> None:
+    # Read by every backend's `fit` right after `on_train_begin`, exactly as Keras's
+    # own BackupAndRestore uses it.
+    model._initial_epoch = epoch
+
+
+def find_epoch_iterator(model):
+    """The `EpochIterator` of the `model.fit` call running now, or None.
+
+    `fit` does not hand its data iterator to callbacks; it is a local variable
+    of `fit` on every backend. Reading it lets keras_resume put the data
+    pipeline back where it was, instead of replaying whole epochs.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
+            return frame.f_locals.get("epoch_iterator")
+        frame = frame.f_back
+    return None
+
+
+def py_dataset_of(epoch_iterator):
+    """The user's `keras.utils.PyDataset` behind an epoch iterator, or None."""
+    adapter = getattr(epoch_iterator, "data_adapter", None)
+    return getattr(adapter, "py_dataset", None)
+
+
+def uses_persistent_iterator(epoch_iterator) -> bool:
+    """True when `fit` keeps one data iterator across epochs (`steps_per_epoch` set)."""
+    return bool(getattr(epoch_iterator, "steps_per_epoch", None))
+
+
+def skip_batches(iterator, count: int):
+    """Draws `count` batches from what `fit` passes to `train_function`, training on none.
+
+    On TensorFlow `train_function` receives the dataset iterator and draws the
+    batches itself; on the other backends `fit` has already drawn them. Returns
+    the first batch.
+    """
+    if name() != "tensorflow":
+        return iterator[0]
+    batches = [next(iterator) for _ in range(count)]
+    return batches[0]
+
+
+def build_metrics(model, batch) -> None:
+    """Creates the compiled metrics' variables, which Keras makes lazily at the first step.
+
+    A mid-epoch resume must set them before training continues. Keras's own
+    symbolic build only looks at the batch's shapes and dtypes.
+    """
+    compile_metrics = getattr(model, "_compile_metrics", None)
+    compile_loss = getattr(model, "_compile_loss", None)
+    if (compile_metrics is not None and not compile_metrics.built) or (
+        compile_loss is not None and not compile_loss.built
+    ):
+        model._symbolic_build(data_batch=batch)

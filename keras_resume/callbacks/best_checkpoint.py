@@ -1,0 +1,116 @@
+"""`BestCheckpoint`: a best-only saver whose best value survives restarts."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+
+from keras.src import ops
+from keras.src.callbacks.monitor_callback import MonitorCallback
+
+from keras_resume import backend
+from keras_resume import manifest as mf
+from keras_resume.callbacks.session import SessionCallback, check_positive_int
+
+logger = logging.getLogger("keras_resume")
+
+
+class BestCheckpoint(SessionCallback, MonitorCallback):
+    """Saves the model whenever the monitored metric improves; remembers the best.
+
+    Like `keras.callbacks.ModelCheckpoint(save_best_only=True)`, but the best
+    value lives in the manifest, so a restarted run only saves when it beats
+    the best of every earlier attempt, and the file is committed atomically.
+    The checkpoint holds model and optimizer variables in Keras's
+    `.weights.h5` layout: `model.load_weights()` reads it, and
+    `keras_resume.restore(model, path, which="best")` finds it.
+
+    Example:
+
+    ```python
+    model.fit(x, y, validation_data=(xv, yv), epochs=30, callbacks=[
+        keras_resume.BestCheckpoint("runs/exp1", monitor="val_loss"),
+    ])
+    ```
+
+    Args:
+        ckpt: a `CheckpointDirectory` or a path.
+        monitor: the metric to watch, from the epoch logs. Defaults to `"val_loss"`.
+        mode: `"min"`, `"max"` or `"auto"` (decided from the metric). Defaults to `"auto"`.
+        initial_value_threshold: only save once the metric beats this value.
+        min_delta: smallest change that counts as an improvement. Defaults to 0.
+        keep: how many best checkpoints to keep, newest (best) first. Defaults to 1.
+        verbose: 1 prints one line per save. Defaults to 0.
+    """
+
+    def __init__(
+        self,
+        ckpt,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        initial_value_threshold: float | None = None,
+        min_delta: float = 0,
+        keep: int = 1,
+        verbose: int = 0,
+    ):
+        super().__init__(
+            ckpt, monitor=monitor, mode=mode, baseline=initial_value_threshold, min_delta=min_delta
+        )
+        check_positive_int("keep", keep, allow_none=False)
+        self.initial_value_threshold = initial_value_threshold
+        self.keep = keep
+        self.verbose = verbose
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        saved = self.ckpt.best()
+        self.best = self.initial_value_threshold
+        if saved and saved["monitor"] == self.monitor:
+            self.best = saved["value"]
+
+    def after_epoch(self, epoch, logs):
+        current = logs.get(self.monitor)
+        if current is None:
+            warnings.warn(
+                f"BestCheckpoint: monitor={self.monitor!r} is not in the epoch logs "
+                f"(available: {sorted(logs)}); nothing saved. Pass one of those names.",
+                stacklevel=2,
+            )
+        elif self.monitor_op is None:
+            self._set_monitor_op()
+        if current is not None and not math.isnan(float(current)):
+            if self._is_improvement(float(current), self.best):
+                self._save(epoch, float(current), logs)
+                return
+        self.ckpt.update_manifest(lambda m: mf.record_history(m, epoch, logs))
+
+    def _save(self, epoch: int, current: float, logs: dict) -> None:
+        previous, self.best = self.best, current
+        position = {
+            "epoch": epoch,
+            "step_in_epoch": int(self.params.get("steps") or 0),
+            "epoch_complete": True,
+            "global_step": backend.read_int(self.model.optimizer.iterations),
+        }
+        mode = "min" if self.monitor_op is ops.less else "max"
+
+        def update(manifest, entry):
+            manifest["best"] = {
+                "monitor": self.monitor,
+                "mode": mode,
+                "value": current,
+                "epoch": epoch,
+                "checkpoint_id": entry["id"],
+            }
+            mf.record_history(manifest, epoch, logs)
+
+        entry = self.ckpt.commit(self.model, "best", None, position, logs, update)
+        self.ckpt.retain("best", self.keep)
+        message = (
+            f"Epoch {epoch + 1}: {self.monitor} improved from {previous} to {current}; "
+            f"saved {entry['dir']}"
+        )
+        if self.verbose:
+            print(f"\n{message} in {self.ckpt.path}")
+        logger.info("%s in %s", message, self.ckpt.path)

@@ -1,0 +1,224 @@
+"""`FullStateResume`: continues `fit` from the newest backup, mid-epoch included."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+from keras_resume import backend
+from keras_resume import manifest as mf
+from keras_resume.callbacks.session import SessionCallback
+from keras_resume.errors import NoCheckpointError
+from keras_resume.restore import info_for, load_into_model
+from keras_resume.state import model_state, rng_state
+
+logger = logging.getLogger("keras_resume")
+
+
+class FullStateResume(SessionCallback):
+    """Restores the newest backup when `fit` starts and continues where it stopped.
+
+    Rerun the same script after a crash and training continues: the model,
+    optimizer, RNG and callback states come back, `fit` starts at the saved
+    epoch (no `initial_epoch` to compute), and a mid-epoch backup continues at
+    the next batch. The batches already trained on are drawn from the input
+    pipeline and dropped, not trained again, so the data order stays the same.
+    `fit` returns a `History` holding the epochs before the interruption too.
+    A missing or empty directory is a fresh start. A run that had finished
+    (all epochs, or stopped by `EarlyStopping`) is not trained again.
+
+    During the skipped batches other callbacks still see `on_train_batch_*`
+    calls (with the restored running metrics as logs); keras_resume's own
+    callbacks ignore them.
+
+    Example:
+
+    ```python
+    ckpt = keras_resume.CheckpointDirectory("runs/exp1")
+    model.fit(x, y, epochs=10, callbacks=[
+        keras_resume.FullStateResume(ckpt),
+        keras_resume.StepBackup(ckpt, every_n_steps=100),
+        keras_resume.RngCapture(ckpt),
+    ])
+    ```
+
+    Args:
+        ckpt: a `CheckpointDirectory` or a path.
+        verify: check checksums before loading, falling back to the newest
+            backup that verifies. Defaults to True.
+        verbose: 1 prints one line when resuming. Defaults to 0.
+    """
+
+    def __init__(self, ckpt, verify: bool = True, verbose: int = 0):
+        super().__init__(ckpt)
+        self.verify = verify
+        self.verbose = verbose
+        self.resumed_from = None  # RestoreInfo of the last resume, for users
+        self._bundle = None
+        self._history_done = True
+        self._original_train_function = None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.resumed_from = None
+        self._history_done = True
+        try:
+            entry = self.ckpt.select("latest", verify=self.verify)
+        except NoCheckpointError:
+            logger.info("No backup in %s: starting a new run", self.ckpt.path)
+            return
+        bundle = load_into_model(self.model, self.ckpt, entry)
+        info = info_for(self.ckpt, entry)
+        epoch, step = info.initial_epoch, info.initial_step
+        if entry.get("training_stopped"):
+            epoch, step = max(self.params.get("epochs", epoch), epoch), 0
+        self._warn_missing(bundle, entry)
+        backend.set_initial_epoch(self.model, epoch)
+        self.session.tracker.fast_forward(bundle.meta.get("data", {}), epochs_done=epoch)
+        self.session.skip_epoch, self.session.skip_steps = epoch, step
+        self._bundle = bundle
+        self._history_done = False
+        if step:
+            self._skip_first_steps(step)
+        self.resumed_from = info
+        self._record_resume(entry, epoch, step)
+        self._announce(entry, epoch, step)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        if self._bundle is None or epoch != self.session.skip_epoch:
+            return
+        self._prepend_history()
+        scheduler = self.ckpt.providers.get("callbacks")
+        if scheduler is not None and "callbacks" in self._bundle.meta:
+            problems = scheduler.restore_state(self._bundle)
+            if problems:
+                warnings.warn(
+                    f"Callback state in {self.ckpt.path} not fully restored: "
+                    + "; ".join(problems),
+                    stacklevel=2,
+                )
+        if not self.session.skip_steps:
+            self._restore_process_rng()
+            self._bundle = None
+
+    def on_train_end(self, logs=None):
+        self._prepend_history()
+        if self._original_train_function is not None:
+            self.model.train_function = self._original_train_function
+            self._original_train_function = None
+        backend.set_initial_epoch(self.model, None)
+        self._bundle = None
+        super().on_train_end(logs)
+
+    # --- helpers ------------------------------------------------------------------
+
+    def _skip_first_steps(self, step: int) -> None:
+        """Makes the first `step` calls of the train step draw their batches only."""
+        model = self.model
+        original = model.train_function
+        steps_per_call = max(int(getattr(model, "steps_per_execution", 1) or 1), 1)
+        remaining = [step // steps_per_call]
+
+        def train_function(data):
+            if remaining[0] > 0:
+                first = remaining[0] == step // steps_per_call
+                remaining[0] -= 1
+                batch = backend.skip_batches(data, steps_per_call)
+                if first:
+                    self._restore_metrics(batch)
+                return model.get_metrics_result()
+            model.train_function = original
+            self._original_train_function = None
+            self._restore_process_rng()
+            self._bundle = None
+            return original(data)
+
+        self._original_train_function = original
+        model.train_function = train_function
+
+    def _restore_metrics(self, batch) -> None:
+        # The running epoch's loss and metric accumulators, so that the epoch's
+        # logs count the batches trained before the interruption.
+        backend.build_metrics(self.model, batch)
+        if not model_state.restore_metrics(self.model, self._bundle):
+            warnings.warn(
+                "The model's metrics differ from the checkpoint's; the resumed "
+                "epoch's logs count only the batches after the resume.",
+                stacklevel=2,
+            )
+
+    def _restore_process_rng(self) -> None:
+        rng = self._bundle.meta.get("rng") if self._bundle is not None else None
+        if rng is None:
+            return
+        problems = rng_state.restore_process_rng(rng["process"])
+        if problems:
+            warnings.warn(
+                f"RNG state from {self.ckpt.path} not fully restored: {'; '.join(problems)}. "
+                "Training continues, but is not bit-identical to an uninterrupted run.",
+                stacklevel=2,
+            )
+
+    def _prepend_history(self) -> None:
+        """Puts the epochs before the resume into the `History` that `fit` returns."""
+        history = getattr(self.model, "history", None)
+        if self._history_done or history is None or not hasattr(history, "epoch"):
+            return
+        self._history_done = True
+        start = self.session.skip_epoch
+        earlier = [r for r in self.ckpt.read_manifest()["history"] if r["epoch"] < start]
+        history.epoch = [r["epoch"] for r in earlier] + list(history.epoch)
+        merged = {}
+        for record in earlier:
+            for key, value in record["logs"].items():
+                merged.setdefault(key, []).append(value)
+        for key, values in history.history.items():
+            merged.setdefault(key, []).extend(values)
+        history.history = merged
+
+    def _warn_missing(self, bundle, entry) -> None:
+        where = self.ckpt.checkpoint_path(entry)
+        if bundle is None:
+            return
+        if "rng" not in bundle.meta:
+            warnings.warn(
+                f"Backup {where} holds no RNG state (no RngCapture during the original "
+                "run): training resumes, but dropout masks, augmentation and shuffles "
+                "differ from an uninterrupted run. Add keras_resume.RngCapture.",
+                stacklevel=3,
+            )
+        if "callbacks" in bundle.meta and "callbacks" not in self.ckpt.providers:
+            warnings.warn(
+                f"Backup {where} holds callback state, but no SchedulerCapture is in use "
+                "now: EarlyStopping/ReduceLROnPlateau restart their patience.",
+                stacklevel=3,
+            )
+
+    def _record_resume(self, entry, epoch: int, step: int) -> None:
+        def change(manifest):
+            manifest["resumes"].append(
+                {
+                    "time": mf.utc_now(),
+                    "checkpoint_id": entry["id"],
+                    "epoch": epoch,
+                    "step_in_epoch": step,
+                    "global_step": entry["global_step"],
+                }
+            )
+
+        self.ckpt.update_manifest(change)
+
+    def _announce(self, entry, epoch: int, step: int) -> None:
+        steps = self.params.get("steps")
+        if step:
+            message = (
+                f"Resumed {self.ckpt.path} at epoch {epoch + 1}, step {step} of {steps}: "
+                f"skipping {step} batches"
+            )
+        else:
+            message = f"Resumed {self.ckpt.path} at the start of epoch {epoch + 1}"
+        message += f" (from {entry['dir']})"
+        if self.verbose:
+            print(message)
+        logger.info(message)

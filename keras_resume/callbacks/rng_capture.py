@@ -1,0 +1,42 @@
+"""`RngCapture`: puts every random generator's state into each backup."""
+
+from __future__ import annotations
+
+from keras_resume.callbacks.session import SessionCallback
+from keras_resume.state import rng_state
+
+
+class RngCapture(SessionCallback):
+    """Adds the state of every random number generator to each backup.
+
+    Dropout masks, random augmentation, `numpy.random` and `random` draws all
+    continue after a resume exactly where they stopped. Without it a resumed
+    run trains on, but draws other random numbers than the uninterrupted run.
+
+    Captured: Python's `random`, NumPy's global generator, the backend's global
+    generators (TensorFlow's op-seed generator and global `tf.random.Generator`),
+    and every `keras.random.SeedGenerator` of the model plus Keras's global one.
+    Not captured: generators your own code creates (`numpy.random.default_rng()`).
+
+    Example:
+
+    ```python
+    ckpt = keras_resume.CheckpointDirectory("runs/exp1")
+    model.fit(x, y, callbacks=[keras_resume.StepBackup(ckpt, every_n_steps=100),
+                               keras_resume.RngCapture(ckpt),
+                               keras_resume.FullStateResume(ckpt)])
+    ```
+
+    Args:
+        ckpt: a `CheckpointDirectory` or a path.
+    """
+
+    section = "rng"
+
+    def __init__(self, ckpt):
+        super().__init__(ckpt)
+        self.ckpt.providers[self.section] = self
+
+    def capture_state(self, model, bundle) -> None:
+        bundle.meta["rng"] = {"process": rng_state.capture_process_rng()}
+        rng_state.capture_seed_generators(model, bundle)

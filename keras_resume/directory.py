@@ -1,0 +1,290 @@
+"""`CheckpointDirectory`: one directory, one manifest, shared by every callback.
+
+It owns the commit protocol (stage files, fsync, rename, then write the
+manifest), retention, verification with fallback, and the epoch history.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+import weakref
+from pathlib import Path
+
+from keras_resume import backend, storage
+from keras_resume import manifest as mf
+from keras_resume.errors import CheckpointCorruptError, NoCheckpointError
+from keras_resume.state import model_state
+from keras_resume.state.bundle import StateBundle
+
+logger = logging.getLogger("keras_resume")
+_CHECKPOINT_DIR = re.compile(r"^(backup|best)-\d{6,}$")
+
+
+class CheckpointDirectory:
+    """One run's checkpoint directory, described by its `manifest.json`.
+
+    Every keras_resume callback writes here, and `restore` reads from here. A
+    missing or empty directory is a fresh start. Each process should own its
+    directory: give every run its own.
+
+    Example:
+
+    ```python
+    ckpt = keras_resume.CheckpointDirectory("runs/exp1")
+    model.fit(x, y, epochs=10, callbacks=ckpt.callbacks(every_n_steps=100))
+    ckpt.history()["loss"]        # per-epoch losses, across restarts
+    ```
+
+    Args:
+        path: the directory; created on the first save.
+    """
+
+    def __init__(self, path):
+        if isinstance(path, CheckpointDirectory):
+            path = path.path
+        if not isinstance(path, (str, os.PathLike)) or not str(path):
+            raise TypeError(
+                "Invalid value for argument path. Received: "
+                f"path={path!r}. Expected a directory path such as 'runs/exp1'."
+            )
+        self.path = Path(path)
+        self.manifest_path = self.path / mf.MANIFEST_NAME
+        # What goes into a backup besides weights: section name -> capturing callback
+        # (RngCapture, SchedulerCapture). The latest registration of a section wins.
+        self.providers: dict = {}
+        self.session = None  # the TrainingSession of the fit call running now
+        self._cleaned = False
+
+    def __repr__(self) -> str:
+        return f"CheckpointDirectory({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # --- reading ----------------------------------------------------------------
+
+    def read_manifest(self) -> dict:
+        """The manifest as a dict; an empty one when nothing was saved yet."""
+        if self.path.exists() and not self.path.is_dir():
+            raise NotADirectoryError(
+                f"Checkpoint directory {self.path} is a file. Pass a directory path."
+            )
+        return mf.read_manifest(self.manifest_path) or mf.new_manifest()
+
+    def checkpoints(self, kind: str | None = None) -> list[dict]:
+        """Committed checkpoints (manifest entries), oldest first."""
+        return mf.checkpoints_of_kind(self.read_manifest(), kind)
+
+    def best(self) -> dict | None:
+        """The best value so far: monitor, mode, value, epoch and checkpoint id."""
+        return self.read_manifest()["best"]
+
+    def history(self) -> dict[str, list]:
+        """Per-epoch logs across every restart, as `{"epoch": [...], metric: [...]}`."""
+        records = self.read_manifest()["history"]
+        merged: dict[str, list] = {"epoch": [r["epoch"] for r in records]}
+        for name in sorted({k for r in records for k in r["logs"]}):
+            merged[name] = [r["logs"].get(name) for r in records]
+        return merged
+
+    def checkpoint_path(self, entry: dict) -> Path:
+        return self.path / entry["dir"]
+
+    def verify(self, entry: dict) -> None:
+        """Raises `CheckpointCorruptError` if any file of `entry` is damaged."""
+        root = self.checkpoint_path(entry)
+        if root.is_symlink() or not root.resolve().is_relative_to(self.path.resolve()):
+            raise CheckpointCorruptError(
+                f"Checkpoint directory {root} points outside {self.path}; refusing to read it."
+            )
+        for record in entry["files"]:
+            storage.verify_file(root, record)
+
+    def select(self, which="latest", verify: bool = True) -> dict:
+        """The checkpoint to restore: "latest" backup, "best", or an id.
+
+        With `verify`, damaged checkpoints are skipped with a warning that names
+        the file, falling back to the newest one that verifies.
+        """
+        manifest = self.read_manifest()
+        if isinstance(which, int) and not isinstance(which, bool):
+            candidates = [c for c in manifest["checkpoints"] if c["id"] == which]
+        elif which in ("latest", "best"):
+            kind = "backup" if which == "latest" else "best"
+            candidates = mf.checkpoints_of_kind(manifest, kind)[::-1]
+            if which == "best" and manifest["best"]:
+                best_id = manifest["best"].get("checkpoint_id")
+                candidates.sort(key=lambda c: c["id"] != best_id)
+        else:
+            raise ValueError(
+                f"Invalid value for argument which. Received: which={which!r}. "
+                "Expected 'latest', 'best' or a checkpoint id (int)."
+            )
+        if not candidates:
+            raise NoCheckpointError(
+                f"No {which!r} checkpoint in {self.path} (manifest "
+                f"{'found' if self.manifest_path.exists() else 'missing'}). Train with "
+                "StepBackup/BestCheckpoint first, or check the path."
+            )
+        errors = []
+        for entry in candidates:
+            try:
+                if verify:
+                    self.verify(entry)
+                return entry
+            except CheckpointCorruptError as e:
+                errors.append(str(e))
+                warnings.warn(f"Skipping damaged checkpoint {entry['dir']}: {e}", stacklevel=2)
+        raise CheckpointCorruptError(
+            f"No {which!r} checkpoint in {self.path} verifies; nothing was deleted.\n  "
+            + "\n  ".join(errors)
+        )
+
+    def load_state(self, entry: dict) -> StateBundle:
+        return StateBundle.read(self.checkpoint_path(entry))
+
+    def fingerprint_of(self, entry: dict) -> dict:
+        return self.read_manifest()["fingerprints"][entry["fingerprint"]]
+
+    # --- writing ----------------------------------------------------------------
+
+    def _clean_leftovers(self, manifest: dict) -> None:
+        """Removes staging and uncommitted checkpoint directories of a crashed save."""
+        if self._cleaned:
+            return
+        committed = {c["dir"] for c in manifest["checkpoints"]}
+        for leftover in storage.stale_staging_dirs(self.path):
+            storage.remove_tree(leftover)
+        if self.path.is_dir():
+            for child in self.path.iterdir():
+                if _CHECKPOINT_DIR.match(child.name) and child.name not in committed:
+                    logger.info("Removing uncommitted checkpoint %s", child)
+                    storage.remove_tree(child)
+        self._cleaned = True
+
+    def commit(
+        self,
+        model,
+        kind: str,
+        bundle: StateBundle | None,
+        position: dict,
+        logs: dict | None = None,
+        update=None,
+    ) -> dict:
+        """Writes one checkpoint and commits it to the manifest; returns its entry.
+
+        `position` holds epoch, step_in_epoch, epoch_complete and global_step.
+        `update(manifest, entry)` may change the manifest (best value, history)
+        in the same atomic manifest write as the commit.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        manifest = self.read_manifest()
+        self._clean_leftovers(manifest)
+        ckpt_id = manifest["next_id"]
+        name = f"{kind}-{ckpt_id:06d}"
+        with storage.StagedDirectory(self.path, name) as staged:
+            files = [model_state.save_weights(model, staged.path)]
+            if bundle is not None:
+                files += bundle.write(staged.path)
+            records = [storage.file_record(staged.path, f) for f in files]
+            staged.commit()
+        fp = model_state.fingerprint(model)
+        fp_id = model_state.fingerprint_id(fp)
+        entry = {
+            "id": ckpt_id,
+            "dir": name,
+            "kind": kind,
+            **position,
+            "logs": mf.json_safe_logs(logs),
+            "files": records,
+            "created": mf.utc_now(),
+            "versions": backend.versions(),
+            "fingerprint": fp_id,
+        }
+        manifest["fingerprints"][fp_id] = fp
+        manifest["checkpoints"].append(entry)
+        manifest["next_id"] = ckpt_id + 1
+        if update is not None:
+            update(manifest, entry)
+        mf.write_manifest(self.manifest_path, manifest)
+        return entry
+
+    def update_manifest(self, change) -> dict:
+        """Applies `change(manifest)` and writes the manifest atomically."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        manifest = self.read_manifest()
+        change(manifest)
+        mf.write_manifest(self.manifest_path, manifest)
+        return manifest
+
+    def retain(self, kind: str, keep: int, protect: set[int] = frozenset()) -> None:
+        """Keeps the newest `keep` checkpoints of `kind` (and any in `protect`).
+
+        The manifest drops them first, then their files go: a crash in between
+        leaves only unreferenced directories, removed by the next save.
+        """
+        manifest = self.read_manifest()
+        of_kind = mf.checkpoints_of_kind(manifest, kind)
+        doomed = [c for c in of_kind[: max(len(of_kind) - keep, 0)] if c["id"] not in protect]
+        if not doomed:
+            return
+        doomed_ids = {c["id"] for c in doomed}
+        manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c["id"] not in doomed_ids]
+        used = {c["fingerprint"] for c in manifest["checkpoints"]}
+        manifest["fingerprints"] = {k: v for k, v in manifest["fingerprints"].items() if k in used}
+        mf.write_manifest(self.manifest_path, manifest)
+        for entry in doomed:
+            storage.remove_tree(self.checkpoint_path(entry))
+
+    # --- the usual set of callbacks -----------------------------------------------
+
+    def callbacks(
+        self,
+        every_n_steps: int | None = None,
+        monitor: str | None = "val_loss",
+        mode: str = "auto",
+        track: list | None = None,
+        keep: int = 2,
+        verbose: int = 0,
+    ) -> list:
+        """The usual set of callbacks, in the right order, for `model.fit(callbacks=...)`.
+
+        Returns `[FullStateResume, StepBackup, BestCheckpoint (if monitor),
+        RngCapture, SchedulerCapture (if track), *track]`. The tracked callbacks
+        are included: do not list them again.
+        """
+        from keras_resume.callbacks import (
+            BestCheckpoint,
+            FullStateResume,
+            RngCapture,
+            SchedulerCapture,
+            StepBackup,
+        )
+
+        track = list(track or [])
+        out = [
+            FullStateResume(self, verbose=verbose),
+            StepBackup(self, every_n_steps=every_n_steps, keep=keep, verbose=verbose),
+        ]
+        if monitor:
+            out.append(BestCheckpoint(self, monitor=monitor, mode=mode, verbose=verbose))
+        out.append(RngCapture(self))
+        if track:
+            out.append(SchedulerCapture(self, track))
+        return out + track
+
+
+_OPEN: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def as_directory(ckpt) -> CheckpointDirectory:
+    """Accepts a `CheckpointDirectory` or a path; one object per directory.
+
+    Callbacks given the same path share one object, so they share one manifest
+    view and one training session.
+    """
+    directory = ckpt if isinstance(ckpt, CheckpointDirectory) else CheckpointDirectory(ckpt)
+    return _OPEN.setdefault(str(directory.path.resolve()), directory)

@@ -1,0 +1,25 @@
+"""The library's error types.
+
+Every error raised on purpose by keras_resume derives from `KerasResumeError`, so
+callers can catch one type. Messages name the file, the bad value and the fix.
+"""
+
+
+class KerasResumeError(Exception):
+    """Base class of every error keras_resume raises on purpose."""
+
+
+class ManifestError(KerasResumeError, ValueError):
+    """The manifest is unreadable, has a foreign format, or fails validation."""
+
+
+class CheckpointCorruptError(KerasResumeError, OSError):
+    """A checkpoint file is missing, truncated or fails its checksum."""
+
+
+class CheckpointMismatchError(KerasResumeError, ValueError):
+    """The checkpoint was written by a model with other variables or optimizer."""
+
+
+class NoCheckpointError(KerasResumeError, FileNotFoundError):
+    """No committed checkpoint of the requested kind exists."""

@@ -1,0 +1,114 @@
+"""`restore`: the one call that loads a checkpoint into a model outside `fit`."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+from keras_resume import manifest as mf
+from keras_resume.directory import CheckpointDirectory, as_directory
+from keras_resume.state import model_state, rng_state
+from keras_resume.state.bundle import StateBundle
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreInfo:
+    """What `restore` loaded.
+
+    Attributes:
+        checkpoint_id: the manifest id of the checkpoint.
+        kind: "backup" or "best".
+        path: the checkpoint's directory.
+        epoch: the epoch the checkpoint was taken in (0-based).
+        step: steps trained within that epoch.
+        initial_epoch: the epoch a resumed `fit` starts at (`fit(initial_epoch=...)`).
+        initial_step: the step within `initial_epoch` a resumed run continues from.
+        global_step: the optimizer's step counter.
+        logs: the logs recorded with the checkpoint.
+    """
+
+    checkpoint_id: int
+    kind: str
+    path: str
+    epoch: int
+    step: int
+    initial_epoch: int
+    initial_step: int
+    global_step: int
+    logs: dict
+
+
+def load_into_model(model, ckpt: CheckpointDirectory, entry: dict) -> StateBundle | None:
+    """Checks, then loads weights, optimizer and SeedGenerator states of `entry`.
+
+    Nothing changes in `model` unless every variable matches. Returns the
+    checkpoint's state bundle (None for a weights-only checkpoint).
+    """
+    where = str(ckpt.checkpoint_path(entry))
+    model_state.ensure_built(model, where)
+    model_state.check_compatible(ckpt.fingerprint_of(entry), model, where)
+    has_bundle = any(f["path"] == "state.json" for f in entry["files"])
+    bundle = ckpt.load_state(entry) if has_bundle else None
+    model_state.load_weights(model, ckpt.checkpoint_path(entry))
+    if bundle is not None and "seed_generators" in bundle.meta:
+        problems = rng_state.restore_seed_generators(model, bundle)
+        if problems:
+            warnings.warn(
+                f"Checkpoint {where}: SeedGenerator states not restored ({'; '.join(problems)}); "
+                "random layers will draw other numbers than the original run.",
+                stacklevel=3,
+            )
+    return bundle
+
+
+def info_for(ckpt: CheckpointDirectory, entry: dict) -> RestoreInfo:
+    initial_epoch, initial_step = mf.resume_point(entry)
+    return RestoreInfo(
+        checkpoint_id=entry["id"],
+        kind=entry["kind"],
+        path=str(ckpt.checkpoint_path(entry)),
+        epoch=entry["epoch"],
+        step=entry["step_in_epoch"],
+        initial_epoch=initial_epoch,
+        initial_step=initial_step,
+        global_step=entry["global_step"],
+        logs=dict(entry["logs"]),
+    )
+
+
+def restore(model, ckpt, which="latest", verify: bool = True) -> RestoreInfo:
+    """Loads a checkpoint of a keras_resume directory into `model`.
+
+    Use it outside `fit`: in a notebook, an evaluation or export script. It
+    loads model and optimizer variables and SeedGenerator states; it leaves
+    Python's, NumPy's and the backend's global generators alone. To continue
+    training exactly, use `FullStateResume` in `fit` instead.
+
+    Example:
+
+    ```python
+    info = keras_resume.restore(model, "runs/exp1")          # newest backup
+    keras_resume.restore(model, "runs/exp1", which="best")   # best checkpoint
+    model.fit(x, y, epochs=10, initial_epoch=info.initial_epoch)
+    ```
+
+    Args:
+        model: a built Keras model with the same variables as the one saved
+            (compiled, if the optimizer's state should be restored too).
+        ckpt: a `CheckpointDirectory` or a path.
+        which: "latest" (newest backup), "best", or a checkpoint id.
+        verify: check the files' checksums first, falling back to the newest
+            checkpoint that verifies. Defaults to True.
+
+    Returns:
+        A `RestoreInfo`.
+
+    Raises:
+        NoCheckpointError: the directory holds no such checkpoint.
+        CheckpointCorruptError: no candidate checkpoint verifies.
+        CheckpointMismatchError: the model's variables differ (nothing loaded).
+    """
+    ckpt = as_directory(ckpt)
+    entry = ckpt.select(which, verify=verify)
+    load_into_model(model, ckpt, entry)
+    return info_for(ckpt, entry)

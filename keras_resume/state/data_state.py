@@ -1,0 +1,96 @@
+"""Where the input pipeline stands, and how to put a new process's pipeline there.
+
+A data pipeline's order can depend on how many iterators were made before
+(`tf.data` reshuffles per iterator) and on the RNG state when a
+`keras.utils.PyDataset` reshuffles in `on_epoch_end`. The tracker counts the
+first and records the second, so a resumed run replays them cheaply instead
+of replaying data or training.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from keras_resume import backend
+from keras_resume.state.rng_state import capture_process_rng, restore_process_rng
+
+
+class DataTracker:
+    """Watches one `fit` call's data iterator; captures and replays its position."""
+
+    def __init__(self, model):
+        self.epoch_iterator = backend.find_epoch_iterator(model)
+        self.py_dataset = backend.py_dataset_of(self.epoch_iterator)
+        self.iterators_created = 0
+        self.epoch_end_rng: list[dict] = []
+        self._patched = []
+        if self.epoch_iterator is None:
+            warnings.warn(
+                "keras_resume could not find the data iterator of this model.fit call "
+                f"(Keras {backend.versions()['keras']}); a resumed run will restart "
+                "the data pipeline from its first iterator, so it may not be exact.",
+                stacklevel=3,
+            )
+            return
+        if backend.uses_persistent_iterator(self.epoch_iterator):
+            warnings.warn(
+                "fit(steps_per_epoch=...) keeps one data iterator across epochs; "
+                "keras_resume resumes it at the right epoch and step, but the "
+                "position of that iterator within the dataset is not restored, so a "
+                "resumed run is not bit-identical. Leave steps_per_epoch unset for "
+                "exact resume.",
+                stacklevel=3,
+            )
+        self._wrap(self.epoch_iterator, "_get_iterator", self._counting)
+        if self.py_dataset is not None:
+            adapter = self.epoch_iterator.data_adapter
+            self._wrap(adapter, "on_epoch_end", self._recording)
+
+    def _wrap(self, obj, attribute, make_wrapper):
+        original = getattr(obj, attribute)
+        setattr(obj, attribute, make_wrapper(original))
+        self._patched.append((obj, attribute))
+
+    def _counting(self, original):
+        def get_iterator():
+            self.iterators_created += 1
+            return original()
+
+        return get_iterator
+
+    def _recording(self, original):
+        def on_epoch_end():
+            # The RNG state the PyDataset's reshuffle will draw from.
+            self.epoch_end_rng.append(capture_process_rng())
+            return original()
+
+        return on_epoch_end
+
+    def detach(self) -> None:
+        for obj, attribute in self._patched:
+            obj.__dict__.pop(attribute, None)
+        self._patched = []
+
+    def capture(self, mid_epoch: bool) -> dict:
+        return {
+            "iterators_created": self.iterators_created,
+            "mid_epoch": mid_epoch,
+            "epoch_end_rng": list(self.epoch_end_rng),
+            "tracked": self.epoch_iterator is not None,
+        }
+
+    def fast_forward(self, saved: dict, epochs_done: int) -> None:
+        """Brings a fresh pipeline to where the saved one was at the resume epoch's start."""
+        if self.epoch_iterator is None or not saved.get("tracked"):
+            return
+        # The resume epoch's own iterator is made by fit itself: made before a
+        # mid-epoch save, not yet made at an epoch-boundary save.
+        ahead = saved["iterators_created"] - (1 if saved["mid_epoch"] else 0)
+        for _ in range(max(ahead, 0)):
+            iter(self.epoch_iterator._get_iterator())
+        if self.py_dataset is not None:
+            replay = saved["epoch_end_rng"][:epochs_done]
+            for state in replay:
+                restore_process_rng(state)
+                self.py_dataset.on_epoch_end()
+            self.epoch_end_rng = list(replay)

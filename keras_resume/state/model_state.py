@@ -1,0 +1,118 @@
+"""Model and optimizer variables, the model fingerprint, and the running metrics.
+
+Weights go to Keras's own `.weights.h5` layout (`model.save_weights`), so a
+plain `model.load_weights()` reads a checkpoint without keras_resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from keras_resume import backend
+from keras_resume.errors import CheckpointMismatchError
+from keras_resume.state.bundle import StateBundle
+
+WEIGHTS_FILE = "model.weights.h5"
+
+
+def _describe(variables) -> list[list]:
+    return [[v.path, list(v.shape), str(v.dtype)] for v in variables]
+
+
+def fingerprint(model) -> dict:
+    """What a checkpoint needs to match: variable paths, shapes, dtypes, optimizer."""
+    optimizer = getattr(model, "optimizer", None)
+    return {
+        "variables": _describe(model.weights),
+        "optimizer": type(optimizer).__name__ if optimizer is not None else None,
+        "optimizer_variables": _describe(optimizer.variables) if optimizer is not None else [],
+    }
+
+
+def fingerprint_id(fp: dict) -> str:
+    text = json.dumps(fp, sort_keys=True).encode("utf-8")
+    return hashlib.sha256(text).hexdigest()[:16]
+
+
+def ensure_built(model, where: str) -> None:
+    """Builds the optimizer so its variables exist; refuses an unbuilt model."""
+    if not model.built:
+        raise ValueError(
+            f"Cannot restore {where} into model {model.name!r}: the model is not built. "
+            "Build it first (call it on a batch, or give it an `Input`), then restore."
+        )
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)
+
+
+def _differences(label: str, saved: list, live: list, limit: int = 8) -> list[str]:
+    out = []
+    if len(saved) != len(live):
+        out.append(f"{label}: checkpoint has {len(saved)}, model has {len(live)}")
+    for (s_path, s_shape, s_dtype), (l_path, l_shape, l_dtype) in zip(saved, live):
+        if s_shape != l_shape or s_dtype != l_dtype:
+            out.append(
+                f"{label} {l_path!r} (checkpoint: {s_path!r}): shape/dtype "
+                f"{s_shape}/{s_dtype} in the checkpoint, {l_shape}/{l_dtype} in the model"
+            )
+    if len(out) > limit:
+        out = out[:limit] + [f"... and {len(out) - limit} more"]
+    return out
+
+
+def check_compatible(saved: dict, model, where: str, with_optimizer: bool = True) -> None:
+    """Raises `CheckpointMismatchError`, before any variable changes, if `model` differs.
+
+    Variables are matched by position (as `.weights.h5` files are), so layer
+    names that Keras numbers differently in a new session do not matter.
+    """
+    live = fingerprint(model)
+    problems = _differences("variable", saved["variables"], live["variables"])
+    if with_optimizer and saved["optimizer"] is not None:
+        if saved["optimizer"] != live["optimizer"]:
+            problems.append(
+                f"optimizer: checkpoint has {saved['optimizer']}, model has {live['optimizer']}"
+            )
+        else:
+            problems += _differences(
+                "optimizer variable", saved["optimizer_variables"], live["optimizer_variables"]
+            )
+    if problems:
+        raise CheckpointMismatchError(
+            f"Checkpoint {where} does not match model {model.name!r}; nothing was loaded.\n  "
+            + "\n  ".join(problems)
+            + "\nRebuild the model exactly as it was when the checkpoint was written, "
+            "or point keras_resume at another directory."
+        )
+
+
+def save_weights(model, directory: Path) -> str:
+    model.save_weights(str(directory / WEIGHTS_FILE))
+    return WEIGHTS_FILE
+
+
+def load_weights(model, directory: Path) -> None:
+    model.load_weights(str(directory / WEIGHTS_FILE))
+
+
+def capture_metrics(model, bundle: StateBundle) -> None:
+    """Saves the running epoch's metric accumulators (for a mid-epoch checkpoint)."""
+    variables = backend.metric_variables(model)
+    bundle.meta["metrics"] = {"count": len(variables)}
+    bundle.put_arrays("metrics", [backend.to_numpy(v) for v in variables])
+
+
+def restore_metrics(model, bundle: StateBundle) -> bool:
+    """Puts the metric accumulators back; returns False if the metrics differ."""
+    values = bundle.get_arrays("metrics")
+    variables = backend.metric_variables(model)
+    if len(values) != len(variables) or any(
+        tuple(v.shape) != a.shape for v, a in zip(variables, values)
+    ):
+        return False
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+    return True

@@ -1,0 +1,158 @@
+"""A training script the crash tests launch as a real subprocess.
+
+It trains a small model with every source of randomness keras_resume must
+capture, optionally SIGKILLs itself at a chosen global step, and writes the
+final state (every variable, the history) to --out for comparison.
+
+    python tests/train_script.py --dir D --out O.npz [--kill-at-step K]
+        [--input numpy|pydataset|tfdata] [--sched schedule|plateau]
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_resume as kr  # noqa: E402
+from keras_resume import backend  # noqa: E402
+
+N_TRAIN, N_VAL, BATCH = 96, 32, 8
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dir", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--input", default="numpy", choices=["numpy", "pydataset", "tfdata"])
+    parser.add_argument("--sched", default="plateau", choices=["schedule", "plateau"])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--every", type=int, default=5)
+    parser.add_argument("--kill-at-step", type=int, default=None)
+    parser.add_argument("--no-resume", action="store_true", help="train without keras_resume")
+    return parser.parse_args(argv)
+
+
+def make_data():
+    rng = np.random.RandomState(0)  # the data itself is fixed; shuffles are not
+    x = rng.normal(size=(N_TRAIN + N_VAL, 8, 8, 1)).astype("float32")
+    y = (x.mean(axis=(1, 2, 3)) > 0).astype("int32") + (x[:, 0, 0, 0] > 1).astype("int32")
+    return (x[:N_TRAIN], y[:N_TRAIN]), (x[N_TRAIN:], y[N_TRAIN:])
+
+
+class ShufflingPyDataset(keras.utils.PyDataset):
+    """Reshuffles in place in on_epoch_end with NumPy's global RNG, like Keras's docs."""
+
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y = x, y
+        self.order = np.arange(len(x))
+
+    def __len__(self):
+        return len(self.x) // BATCH
+
+    def __getitem__(self, i):
+        idx = self.order[i * BATCH : (i + 1) * BATCH]
+        return self.x[idx], self.y[idx]
+
+    def on_epoch_end(self):
+        np.random.shuffle(self.order)
+
+
+def make_inputs(kind, x, y):
+    if kind == "numpy":
+        return {"x": x, "y": y, "batch_size": BATCH, "shuffle": True}
+    if kind == "pydataset":
+        return {"x": ShufflingPyDataset(x, y)}
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(N_TRAIN, seed=7).batch(BATCH)
+    return {"x": ds}
+
+
+def build_model(sched):
+    if sched == "schedule":
+        lr = keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=5, decay_rate=0.7)
+    else:
+        lr = 0.01
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.RandomFlip("horizontal"),
+            keras.layers.GaussianNoise(0.1),
+            keras.layers.Flatten(),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+class KillAtStep(keras.callbacks.Callback):
+    """SIGKILLs this very process once the optimizer has taken `step` steps."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if backend.read_int(self.model.optimizer.iterations) >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def final_state(model):
+    arrays = {}
+    for prefix, variables in (("model", model.weights), ("optimizer", model.optimizer.variables)):
+        for i, v in enumerate(variables):
+            arrays[f"{prefix}/{i}/{v.path}"] = backend.to_numpy(v)
+    for i, (name, gen) in enumerate(backend.seed_generators(model)):
+        arrays[f"seed/{i}/{name}"] = backend.to_numpy(gen.state)
+    return arrays
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    keras.utils.set_random_seed(42)
+    (x, y), (xv, yv) = make_data()
+    model = build_model(args.sched)
+    callbacks = []
+    if args.kill_at_step is not None:
+        callbacks.append(KillAtStep(args.kill_at_step))
+    track = []
+    if args.sched == "plateau":
+        track = [
+            keras.callbacks.ReduceLROnPlateau(patience=1, factor=0.5, min_delta=10.0),
+            keras.callbacks.EarlyStopping(patience=2, min_delta=10.0),
+        ]
+    if args.no_resume:
+        callbacks += track
+    else:
+        ckpt = kr.CheckpointDirectory(args.dir)
+        callbacks += ckpt.callbacks(every_n_steps=args.every, monitor="val_loss", track=track)
+    history = model.fit(
+        **make_inputs(args.input, x, y),
+        validation_data=(xv, yv),
+        epochs=args.epochs,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    arrays = final_state(model)
+    arrays["history"] = np.array(json.dumps({"epoch": history.epoch, **history.history}))
+    np.savez(args.out, **arrays)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
