@@ -53,7 +53,9 @@ def capture_backend_rng() -> dict:
         return {}
     from tensorflow.python.eager import context
 
-    state = {}
+    # Without a global seed, TensorFlow seeds ops (tf.data shuffles included)
+    # from OS entropy in every process: no saved state can make a resume exact.
+    state = {"global_seed": context.global_seed()}
     rng = getattr(context.context(), "_rng", None)
     if rng is not None:
         # Eager ops without an op seed draw it from this `random.Random`.

@@ -56,7 +56,6 @@ class CheckpointDirectory:
         # (RngCapture, SchedulerCapture). The latest registration of a section wins.
         self.providers: dict = {}
         self.session = None  # the TrainingSession of the fit call running now
-        self._cleaned = False
 
     def __repr__(self) -> str:
         return f"CheckpointDirectory({str(self.path)!r})"
@@ -151,19 +150,17 @@ class CheckpointDirectory:
 
     # --- writing ----------------------------------------------------------------
 
-    def _clean_leftovers(self, manifest: dict) -> None:
+    def clean_leftovers(self) -> None:
         """Removes staging and uncommitted checkpoint directories of a crashed save."""
-        if self._cleaned:
+        if not self.path.is_dir():
             return
-        committed = {c["dir"] for c in manifest["checkpoints"]}
+        committed = {c["dir"] for c in self.read_manifest()["checkpoints"]}
         for leftover in storage.stale_staging_dirs(self.path):
             storage.remove_tree(leftover)
-        if self.path.is_dir():
-            for child in self.path.iterdir():
-                if _CHECKPOINT_DIR.match(child.name) and child.name not in committed:
-                    logger.info("Removing uncommitted checkpoint %s", child)
-                    storage.remove_tree(child)
-        self._cleaned = True
+        for child in self.path.iterdir():
+            if _CHECKPOINT_DIR.match(child.name) and child.name not in committed:
+                logger.info("Removing uncommitted checkpoint %s", child)
+                storage.remove_tree(child)
 
     def commit(
         self,
@@ -182,9 +179,11 @@ class CheckpointDirectory:
         """
         self.path.mkdir(parents=True, exist_ok=True)
         manifest = self.read_manifest()
-        self._clean_leftovers(manifest)
         ckpt_id = manifest["next_id"]
         name = f"{kind}-{ckpt_id:06d}"
+        # An id at or above next_id is never in the manifest: only a crash
+        # between rename and manifest write leaves such a directory.
+        storage.remove_tree(self.path / name)
         with storage.StagedDirectory(self.path, name) as staged:
             files = [model_state.save_weights(model, staged.path)]
             if bundle is not None:

@@ -5,7 +5,7 @@ capture, optionally SIGKILLs itself at a chosen global step, and writes the
 final state (every variable, the history) to --out for comparison.
 
     python tests/train_script.py --dir D --out O.npz [--kill-at-step K]
-        [--input numpy|pydataset|tfdata] [--sched schedule|plateau]
+        [--input numpy|pydataset|tfdata] [--sched schedule|plateau] [--no-rng]
 """
 
 import argparse
@@ -34,7 +34,7 @@ def parse_args(argv):
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--kill-at-step", type=int, default=None)
-    parser.add_argument("--no-resume", action="store_true", help="train without keras_resume")
+    parser.add_argument("--no-rng", action="store_true", help="leave RngCapture out")
     return parser.parse_args(argv)
 
 
@@ -136,11 +136,11 @@ def main(argv=None):
             keras.callbacks.ReduceLROnPlateau(patience=1, factor=0.5, min_delta=10.0),
             keras.callbacks.EarlyStopping(patience=2, min_delta=10.0),
         ]
-    if args.no_resume:
-        callbacks += track
-    else:
-        ckpt = kr.CheckpointDirectory(args.dir)
-        callbacks += ckpt.callbacks(every_n_steps=args.every, monitor="val_loss", track=track)
+    ckpt = kr.CheckpointDirectory(args.dir)
+    callbacks += ckpt.callbacks(every_n_steps=args.every, monitor="val_loss", track=track)
+    if args.no_rng:
+        callbacks = [c for c in callbacks if not isinstance(c, kr.RngCapture)]
+        ckpt.providers.pop("rng")
     history = model.fit(
         **make_inputs(args.input, x, y),
         validation_data=(xv, yv),

@@ -8,6 +8,7 @@ import warnings
 
 from keras.src import ops
 from keras.src.callbacks.monitor_callback import MonitorCallback
+from keras.src.utils import io_utils
 
 from keras_resume import backend
 from keras_resume import manifest as mf
@@ -107,10 +108,12 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
 
         entry = self.ckpt.commit(self.model, "best", None, position, logs, update)
         self.ckpt.retain("best", self.keep)
+        if previous is None:
+            previous = float("inf") if mode == "min" else float("-inf")
         message = (
-            f"Epoch {epoch + 1}: {self.monitor} improved from {previous} to {current}; "
-            f"saved {entry['dir']}"
+            f"Epoch {epoch + 1}: {self.monitor} improved from {previous:.5f} to "
+            f"{current:.5f}; saved {entry['dir']}"
         )
         if self.verbose:
-            print(f"\n{message} in {self.ckpt.path}")
+            io_utils.print_msg(f"\n{message} in {self.ckpt.path}")
         logger.info("%s in %s", message, self.ckpt.path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import warnings
 
+from keras.src.utils import io_utils
+
 from keras_resume import backend
 from keras_resume import manifest as mf
 from keras_resume.callbacks.session import SessionCallback
@@ -188,6 +190,14 @@ class FullStateResume(SessionCallback):
                 "differ from an uninterrupted run. Add keras_resume.RngCapture.",
                 stacklevel=3,
             )
+        elif bundle.meta["rng"]["process"].get("backend", {}).get("global_seed", 0) is None:
+            warnings.warn(
+                f"Backup {where} was written by a run without a global seed: its data "
+                "shuffles and unseeded random ops drew from OS entropy, so the resumed "
+                "run cannot match an uninterrupted one. Call "
+                "keras.utils.set_random_seed(...) at the start of the script.",
+                stacklevel=3,
+            )
         if "callbacks" in bundle.meta and "callbacks" not in self.ckpt.providers:
             warnings.warn(
                 f"Backup {where} holds callback state, but no SchedulerCapture is in use "
@@ -220,5 +230,5 @@ class FullStateResume(SessionCallback):
             message = f"Resumed {self.ckpt.path} at the start of epoch {epoch + 1}"
         message += f" (from {entry['dir']})"
         if self.verbose:
-            print(message)
+            io_utils.print_msg(message)
         logger.info(message)

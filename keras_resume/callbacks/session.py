@@ -20,6 +20,7 @@ class TrainingSession:
         self.ckpt = ckpt
         self.model = model
         self.members: set[int] = set()
+        ckpt.clean_leftovers()
         self.tracker = DataTracker(model)
         self.epoch = 0
         # Set by FullStateResume: batches [0, skip_steps) of skip_epoch were

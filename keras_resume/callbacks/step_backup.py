@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from keras.src.utils import io_utils
+
 from keras_resume import backend
 from keras_resume import manifest as mf
 from keras_resume.callbacks.session import SessionCallback, check_positive_int
@@ -39,8 +41,9 @@ class StepBackup(SessionCallback):
 
     Args:
         ckpt: a `CheckpointDirectory` or a path.
-        every_n_steps: back up every this many training steps (batches);
-            `None` backs up at epoch ends only. Defaults to `None`.
+        every_n_steps: back up whenever the global step (the optimizer's step
+            count) reaches a multiple of this; `None` backs up at epoch ends
+            only. Defaults to `None`.
         keep: how many backups to keep, newest first (at least 1). Defaults to 2.
         verbose: 1 prints one line per backup. Defaults to 0.
     """
@@ -54,16 +57,19 @@ class StepBackup(SessionCallback):
         self.verbose = verbose
         self._epoch = 0
         self._trained_in_epoch = 0
-        self._since_backup = 0
+        self._global_step: int | None = None
         self._pending_step: int | None = None
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self._since_backup = 0
+        self._global_step = None
         self._pending_step = None
 
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch, logs)
+        if self._global_step is None:
+            # Read after every on_train_begin, so after FullStateResume's restore.
+            self._global_step = backend.read_int(self.model.optimizer.iterations)
         self._epoch = epoch
         session = self.session
         self._trained_in_epoch = session.skip_steps if session.skip_epoch == epoch else 0
@@ -77,10 +83,15 @@ class StepBackup(SessionCallback):
         if self.session.skipping(self._epoch, batch):
             return
         trained = batch + 1  # `batch` is the last step index of this call
-        self._since_backup += trained - self._trained_in_epoch
+        before, self._global_step = (
+            self._global_step,
+            self._global_step + trained - self._trained_in_epoch,
+        )
         self._trained_in_epoch = trained
-        if self.every_n_steps is not None and self._since_backup >= self.every_n_steps:
-            self._since_backup = 0
+        # Due on multiples of every_n_steps of the global step, so a resumed
+        # run backs up at the same steps as an uninterrupted one.
+        every = self.every_n_steps
+        if every is not None and self._global_step // every > before // every:
             self._pending_step = trained
 
     def on_epoch_end(self, epoch, logs=None):
@@ -110,5 +121,5 @@ class StepBackup(SessionCallback):
         where = "end of epoch" if epoch_complete else f"step {step} of epoch"
         message = f"Saved backup {entry['dir']} at {where} {epoch + 1}"
         if self.verbose:
-            print(f"\n{message} to {self.ckpt.path}")
+            io_utils.print_msg(f"\n{message} to {self.ckpt.path}")
         logger.info("%s to %s", message, self.ckpt.path)

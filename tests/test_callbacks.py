@@ -1,0 +1,209 @@
+"""The callbacks in one process: best value across restarts, callback state, skipping."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import keras_resume as kr
+from keras_resume import backend
+from tests.conftest import tiny_data, tiny_model
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Stops training with an exception once the optimizer reached `step` steps."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if backend.read_int(self.model.optimizer.iterations) >= self.step:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+def _fit(ckpt_dir, epochs, extra=(), track=(), every=None, monitor="loss", seed=0, verbose=0):
+    keras.utils.set_random_seed(seed)
+    model = tiny_model()
+    x, y = tiny_data()
+    callbacks = list(extra) + kr.CheckpointDirectory(ckpt_dir).callbacks(
+        every_n_steps=every, monitor=monitor, track=list(track), verbose=verbose
+    )
+    history = model.fit(x, y, batch_size=8, epochs=epochs, verbose=0, callbacks=callbacks)
+    return model, history
+
+
+def test_best_value_survives_restart(ckpt_dir):
+    _fit(ckpt_dir, epochs=4)
+    ckpt = kr.CheckpointDirectory(ckpt_dir)
+    best = ckpt.best()
+    bests_before = ckpt.checkpoints("best")
+    # A new run in the same directory from a fresh (worse) model must not
+    # overwrite the best checkpoint: its best value comes from the manifest.
+    keras.utils.set_random_seed(5)
+    model = tiny_model()
+    x, y = tiny_data()
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=1,
+        verbose=0,
+        callbacks=[kr.BestCheckpoint(ckpt_dir, monitor="loss")],
+    )
+    assert ckpt.best() == best
+    assert ckpt.checkpoints("best") == bests_before
+
+
+def test_best_checkpoint_thresholds_and_modes(tmp_path):
+    x, y = tiny_data()
+    model = tiny_model()
+    model.fit(
+        x,
+        y,
+        epochs=2,
+        verbose=0,
+        callbacks=[kr.BestCheckpoint(tmp_path / "a", monitor="loss", initial_value_threshold=0.0)],
+    )
+    assert kr.CheckpointDirectory(tmp_path / "a").checkpoints("best") == []
+    model.fit(
+        x,
+        y,
+        epochs=2,
+        verbose=0,
+        callbacks=[kr.BestCheckpoint(tmp_path / "b", monitor="loss", mode="max")],
+    )
+    best = kr.CheckpointDirectory(tmp_path / "b").best()
+    assert best["mode"] == "max" and best["epoch"] in (0, 1)
+
+
+def test_best_checkpoint_warns_for_missing_metric(tmp_path):
+    x, y = tiny_data()
+    with pytest.warns(UserWarning, match="val_loss"):
+        tiny_model().fit(
+            x, y, epochs=1, verbose=0, callbacks=[kr.BestCheckpoint(tmp_path, monitor="val_loss")]
+        )
+    assert kr.CheckpointDirectory(tmp_path).checkpoints("best") == []
+
+
+def test_mid_epoch_resume_trains_no_batch_twice(ckpt_dir):
+    reference, ref_history = _fit(ckpt_dir.with_name("ref"), epochs=3, every=3)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(ckpt_dir, epochs=3, every=3, extra=[Interrupt(7)])
+    saved = kr.CheckpointDirectory(ckpt_dir).checkpoints("backup")[-1]
+    # Backups after steps 3 and 6; the one after step 6 is epoch 1, step 2.
+    assert (saved["epoch"], saved["step_in_epoch"], saved["epoch_complete"]) == (1, 2, False)
+    model, history = _fit(ckpt_dir, epochs=3, every=3)
+    # 3 epochs of 4 steps: a replayed batch would push the step counter past 12.
+    assert backend.read_int(model.optimizer.iterations) == 12
+    assert history.epoch == [0, 1, 2]
+    assert history.history == ref_history.history
+    for a, b in zip(reference.weights, model.weights):
+        assert np.array_equal(a.numpy(), b.numpy())
+
+
+def test_resume_message_names_epoch_and_skipped_batches(ckpt_dir, capsys):
+    with pytest.raises(KeyboardInterrupt):
+        _fit(ckpt_dir, epochs=3, every=3, extra=[Interrupt(7)])
+    capsys.readouterr()
+    _fit(ckpt_dir, epochs=3, every=3, verbose=1)
+    out = capsys.readouterr().out
+    assert f"Resumed {ckpt_dir} at epoch 2, step 2 of 4: skipping 2 batches" in out
+
+
+def test_early_stopping_patience_survives_restart(ckpt_dir):
+    def early():
+        return keras.callbacks.EarlyStopping(monitor="loss", patience=3, min_delta=100.0)
+
+    _, reference = _fit(ckpt_dir.with_name("ref"), epochs=10, track=[early()])
+    assert reference.epoch == [0, 1, 2, 3]  # stops once `wait` reaches 3
+    with pytest.raises(KeyboardInterrupt):
+        _fit(ckpt_dir, epochs=10, track=[early()], extra=[Interrupt(9)])
+    _, resumed = _fit(ckpt_dir, epochs=10, track=[early()])
+    assert resumed.epoch == reference.epoch
+    assert resumed.history == reference.history
+
+
+def test_reduce_lr_state_restored_into_new_instance(ckpt_dir):
+    def plateau():
+        return keras.callbacks.ReduceLROnPlateau(monitor="loss", patience=1, min_delta=100.0)
+
+    first = plateau()
+    _fit(ckpt_dir, epochs=3, track=[first])
+    second = plateau()
+    with pytest.raises(KeyboardInterrupt):
+        # Interrupt at the first step after resuming: state has been put back.
+        _fit(ckpt_dir, epochs=5, track=[second], extra=[Interrupt(13)])
+    assert (second.wait, second.cooldown_counter, second.best) == (
+        first.wait,
+        first.cooldown_counter,
+        first.best,
+    )
+
+
+class CountingCallback(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs_seen = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs_seen += 1
+
+    def get_state(self):
+        return {"epochs_seen": self.epochs_seen}
+
+    def set_state(self, state):
+        self.epochs_seen = state["epochs_seen"]
+
+
+def test_custom_callback_state_protocol(ckpt_dir):
+    _fit(ckpt_dir, epochs=2, track=[CountingCallback()])
+    counter = CountingCallback()
+    _fit(ckpt_dir, epochs=4, track=[counter])
+    assert counter.epochs_seen == 4
+
+
+def test_untrackable_callback_is_refused_at_construction(tmp_path):
+    with pytest.raises(ValueError, match="CSVLogger.*get_state"):
+        kr.SchedulerCapture(tmp_path, [keras.callbacks.CSVLogger(str(tmp_path / "log.csv"))])
+    with pytest.raises(TypeError, match="received 3"):
+        kr.SchedulerCapture(tmp_path, [3])
+
+
+def test_finished_run_is_not_trained_again(ckpt_dir):
+    model, first = _fit(ckpt_dir, epochs=2)
+    again, second = _fit(ckpt_dir, epochs=2)
+    assert backend.read_int(again.optimizer.iterations) == 8
+    assert second.epoch == [0, 1] and second.history == first.history
+    for a, b in zip(model.weights, again.weights):
+        assert np.array_equal(a.numpy(), b.numpy())
+
+
+def test_more_epochs_continue_a_finished_run(ckpt_dir):
+    _fit(ckpt_dir, epochs=2)
+    model, history = _fit(ckpt_dir, epochs=3)
+    assert history.epoch == [0, 1, 2]
+    assert backend.read_int(model.optimizer.iterations) == 12
+
+
+def test_resume_without_rng_capture_warns(ckpt_dir):
+    keras.utils.set_random_seed(0)
+    x, y = tiny_data()
+    for _ in range(2):
+        model = tiny_model()
+        callbacks = [kr.StepBackup(ckpt_dir / "norng"), kr.FullStateResume(ckpt_dir / "norng")]
+        if _ == 1:
+            with pytest.warns(UserWarning, match="no RNG state"):
+                model.fit(x, y, epochs=2, verbose=0, callbacks=callbacks)
+        else:
+            model.fit(x, y, epochs=1, verbose=0, callbacks=callbacks)
+
+
+def test_manifest_records_resume_points(ckpt_dir):
+    with pytest.raises(KeyboardInterrupt):
+        _fit(ckpt_dir, epochs=3, every=2, extra=[Interrupt(5)])
+    _fit(ckpt_dir, epochs=3, every=2)
+    manifest = json.loads((ckpt_dir / "manifest.json").read_text())
+    (resume,) = manifest["resumes"]
+    assert (resume["epoch"], resume["step_in_epoch"], resume["global_step"]) == (1, 0, 4)
