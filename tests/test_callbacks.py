@@ -23,9 +23,20 @@ class Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt("simulated interruption")
 
 
-def _fit(ckpt_dir, epochs, extra=(), track=(), every=None, monitor="loss", seed=0, verbose=0):
+def _fit(
+    ckpt_dir,
+    epochs,
+    extra=(),
+    track=(),
+    every=None,
+    monitor="loss",
+    seed=0,
+    verbose=0,
+    steps_per_execution=1,
+):
     keras.utils.set_random_seed(seed)
     model = tiny_model()
+    model.compile(optimizer="adam", loss="mse", steps_per_execution=steps_per_execution)
     x, y = tiny_data()
     callbacks = list(extra) + kr.CheckpointDirectory(ckpt_dir).callbacks(
         every_n_steps=every, monitor=monitor, track=list(track), verbose=verbose
@@ -101,6 +112,28 @@ def test_mid_epoch_resume_trains_no_batch_twice(ckpt_dir):
     assert history.history == ref_history.history
     for a, b in zip(reference.weights, model.weights):
         assert np.array_equal(a.numpy(), b.numpy())
+
+
+def test_mid_epoch_resume_with_steps_per_execution(ckpt_dir):
+    reference, ref_history = _fit(
+        ckpt_dir.with_name("ref"), epochs=3, every=2, steps_per_execution=2
+    )
+    with pytest.raises(KeyboardInterrupt):
+        _fit(ckpt_dir, epochs=3, every=2, extra=[Interrupt(8)], steps_per_execution=2)
+    saved = kr.CheckpointDirectory(ckpt_dir).checkpoints("backup")[-1]
+    assert (saved["epoch"], saved["step_in_epoch"], saved["epoch_complete"]) == (1, 2, False)
+    model, history = _fit(ckpt_dir, epochs=3, every=2, steps_per_execution=2)
+    assert backend.read_int(model.optimizer.iterations) == 12
+    assert history.history == ref_history.history
+    for a, b in zip(reference.weights, model.weights):
+        assert np.array_equal(a.numpy(), b.numpy())
+
+
+def test_empty_directory_is_a_fresh_start(ckpt_dir):
+    ckpt_dir.mkdir()
+    model, history = _fit(ckpt_dir, epochs=2)
+    assert history.epoch == [0, 1]
+    assert kr.CheckpointDirectory(ckpt_dir).checkpoints("backup")[-1]["epoch"] == 1
 
 
 def test_resume_message_names_epoch_and_skipped_batches(ckpt_dir, capsys):

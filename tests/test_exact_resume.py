@@ -79,6 +79,15 @@ def test_without_rng_capture_the_resume_differs(tmp_path, tmp_path_factory):
         assert_identical(expected, resumed)
 
 
+def test_unseeded_run_resumes_with_a_warning(tmp_path):
+    args = ["--dir", tmp_path / "run", "--out", tmp_path / "out.npz", "--no-seed"]
+    run_script(*args, "--kill-at-step", 18, expect_killed=True)
+    proc = run_script(*args)
+    assert "without a global seed" in proc.stderr
+    assert "keras.utils.set_random_seed" in proc.stderr
+    assert (tmp_path / "out.npz").exists()
+
+
 def _wait_for_backup(run_dir, proc, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -5,7 +5,7 @@ capture, optionally SIGKILLs itself at a chosen global step, and writes the
 final state (every variable, the history) to --out for comparison.
 
     python tests/train_script.py --dir D --out O.npz [--kill-at-step K]
-        [--input numpy|pydataset|tfdata] [--sched schedule|plateau] [--no-rng]
+        [--input numpy|pydataset|tfdata] [--sched schedule|plateau] [--no-rng] [--no-seed]
 """
 
 import argparse
@@ -35,6 +35,7 @@ def parse_args(argv):
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--kill-at-step", type=int, default=None)
     parser.add_argument("--no-rng", action="store_true", help="leave RngCapture out")
+    parser.add_argument("--no-seed", action="store_true", help="skip set_random_seed")
     return parser.parse_args(argv)
 
 
@@ -124,7 +125,8 @@ def final_state(model):
 
 def main(argv=None):
     args = parse_args(argv)
-    keras.utils.set_random_seed(42)
+    if not args.no_seed:
+        keras.utils.set_random_seed(42)
     (x, y), (xv, yv) = make_data()
     model = build_model(args.sched)
     callbacks = []
