@@ -6,6 +6,7 @@ manifest), retention, verification with fallback, and the epoch history.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -184,30 +185,33 @@ class CheckpointDirectory:
         # An id at or above next_id is never in the manifest: only a crash
         # between rename and manifest write leaves such a directory.
         storage.remove_tree(self.path / name)
+        fp = model_state.fingerprint(model)
+        fp_id = model_state.fingerprint_id(fp)
         with storage.StagedDirectory(self.path, name) as staged:
             files = [model_state.save_weights(model, staged.path)]
             if bundle is not None:
                 files += bundle.write(staged.path)
-            records = [storage.file_record(staged.path, f) for f in files]
+            entry = {
+                "id": ckpt_id,
+                "dir": name,
+                "kind": kind,
+                **position,
+                "logs": mf.json_safe_logs(logs),
+                "files": [storage.file_record(staged.path, f) for f in files],
+                "created": mf.utc_now(),
+                "versions": backend.versions(),
+                "fingerprint": fp_id,
+            }
+            manifest["fingerprints"][fp_id] = fp
+            manifest["checkpoints"].append(entry)
+            manifest["next_id"] = ckpt_id + 1
+            if update is not None:
+                update(manifest, entry)
+            # Each checkpoint describes itself, so a lost manifest can be rebuilt.
+            (staged.path / mf.SELF_DESCRIPTION).write_text(
+                json.dumps(mf.self_description(manifest, entry), indent=1, sort_keys=True)
+            )
             staged.commit()
-        fp = model_state.fingerprint(model)
-        fp_id = model_state.fingerprint_id(fp)
-        entry = {
-            "id": ckpt_id,
-            "dir": name,
-            "kind": kind,
-            **position,
-            "logs": mf.json_safe_logs(logs),
-            "files": records,
-            "created": mf.utc_now(),
-            "versions": backend.versions(),
-            "fingerprint": fp_id,
-        }
-        manifest["fingerprints"][fp_id] = fp
-        manifest["checkpoints"].append(entry)
-        manifest["next_id"] = ckpt_id + 1
-        if update is not None:
-            update(manifest, entry)
         mf.write_manifest(self.manifest_path, manifest)
         return entry
 

@@ -17,6 +17,7 @@ from keras_resume import storage
 from keras_resume.errors import ManifestError
 
 MANIFEST_NAME = "manifest.json"
+SELF_DESCRIPTION = "checkpoint.json"  # in every checkpoint directory
 FORMAT = "keras-resume"
 SCHEMA_VERSION = 1
 KINDS = ("backup", "best")
@@ -144,6 +145,19 @@ def _validate_entry(path, i: int, entry, manifest: dict) -> None:
             _fail(path, f"{where}.files[{j}].path={rel!r} points outside its checkpoint")
         _check_type(path, f"{where}.files[{j}].size", record.get("size"), int)
         _check_type(path, f"{where}.files[{j}].sha256", record.get("sha256"), str)
+
+
+def self_description(manifest: dict, entry: dict) -> dict:
+    """What a checkpoint directory stores about itself: its entry, fingerprint,
+    and the run's best value and history as of its commit."""
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "entry": entry,
+        "fingerprint": manifest["fingerprints"][entry["fingerprint"]],
+        "best": manifest["best"],
+        "history": manifest["history"],
+    }
 
 
 def json_safe_logs(logs: dict | None) -> dict:
