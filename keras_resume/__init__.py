@@ -17,10 +17,14 @@ from keras_resume.directory import CheckpointDirectory  # noqa: E402
 from keras_resume.errors import (  # noqa: E402
     CheckpointCorruptError,
     CheckpointMismatchError,
+    DirectoryLockedError,
     KerasResumeError,
     ManifestError,
+    ManifestVersionError,
     NoCheckpointError,
+    SaveError,
 )
+from keras_resume.preemption import EXIT_PREEMPTED, Preempted  # noqa: E402
 from keras_resume.restore import RestoreInfo, restore  # noqa: E402
 
 __all__ = [
@@ -28,12 +32,17 @@ __all__ = [
     "CheckpointCorruptError",
     "CheckpointDirectory",
     "CheckpointMismatchError",
+    "DirectoryLockedError",
+    "EXIT_PREEMPTED",
     "FullStateResume",
     "KerasResumeError",
     "ManifestError",
+    "ManifestVersionError",
     "NoCheckpointError",
+    "Preempted",
     "RestoreInfo",
     "RngCapture",
+    "SaveError",
     "SchedulerCapture",
     "StepBackup",
     "restore",

@@ -16,7 +16,12 @@ from pathlib import Path
 
 from keras_resume import backend, storage
 from keras_resume import manifest as mf
-from keras_resume.errors import CheckpointCorruptError, NoCheckpointError
+from keras_resume.errors import (
+    CheckpointCorruptError,
+    ManifestError,
+    ManifestVersionError,
+    NoCheckpointError,
+)
 from keras_resume.state import model_state
 from keras_resume.state.bundle import StateBundle
 
@@ -53,10 +58,8 @@ class CheckpointDirectory:
             )
         self.path = Path(path)
         self.manifest_path = self.path / mf.MANIFEST_NAME
-        # What goes into a backup besides weights: section name -> capturing callback
-        # (RngCapture, SchedulerCapture). The latest registration of a section wins.
-        self.providers: dict = {}
         self.session = None  # the TrainingSession of the fit call running now
+        self.lock = storage.DirectoryLock(self.path)
 
     def __repr__(self) -> str:
         return f"CheckpointDirectory({str(self.path)!r})"
@@ -67,12 +70,52 @@ class CheckpointDirectory:
     # --- reading ----------------------------------------------------------------
 
     def read_manifest(self) -> dict:
-        """The manifest as a dict; an empty one when nothing was saved yet."""
+        """The manifest as a dict; an empty one when nothing was saved yet.
+
+        A missing or damaged manifest beside checkpoint directories is rebuilt
+        from their `checkpoint.json` files, with a warning naming the file.
+        """
         if self.path.exists() and not self.path.is_dir():
             raise NotADirectoryError(
                 f"Checkpoint directory {self.path} is a file. Pass a directory path."
             )
-        return mf.read_manifest(self.manifest_path) or mf.new_manifest()
+        try:
+            manifest = mf.read_manifest(self.manifest_path)
+        except ManifestVersionError:
+            raise
+        except ManifestError as e:
+            return self._rebuild_manifest(str(e))
+        if manifest is None and self._checkpoint_dirs():
+            return self._rebuild_manifest(f"Manifest {self.manifest_path} is missing.")
+        return manifest or mf.new_manifest()
+
+    def _checkpoint_dirs(self) -> list[Path]:
+        if not self.path.is_dir():
+            return []
+        return sorted(p for p in self.path.iterdir() if _CHECKPOINT_DIR.match(p.name))
+
+    def _rebuild_manifest(self, problem: str) -> dict:
+        descriptions, skipped = [], []
+        for directory in self._checkpoint_dirs():
+            try:
+                descriptions.append(mf.read_self_description(directory / mf.SELF_DESCRIPTION))
+            except ManifestError as e:
+                skipped.append(str(e))
+        if not descriptions:
+            raise ManifestError(
+                f"{problem}\nNo checkpoint in {self.path} has a valid "
+                f"{mf.SELF_DESCRIPTION} to rebuild it from; nothing was deleted. "
+                "Restore the manifest from a copy, or start a new run in another directory."
+            )
+        manifest = mf.from_self_descriptions(descriptions, self.manifest_path)
+        warnings.warn(
+            f"{problem}\nRebuilt it from {len(descriptions)} checkpoints' "
+            f"{mf.SELF_DESCRIPTION}" + (f" (skipped: {'; '.join(skipped)})" if skipped else ""),
+            stacklevel=3,
+        )
+        if self.lock.held:
+            mf.write_manifest(self.manifest_path, manifest)
+        return manifest
 
     def checkpoints(self, kind: str | None = None) -> list[dict]:
         """Committed checkpoints (manifest entries), oldest first."""
@@ -151,17 +194,35 @@ class CheckpointDirectory:
 
     # --- writing ----------------------------------------------------------------
 
+    def acquire_writer(self) -> None:
+        """Takes the directory's writer lock (see `storage.DirectoryLock`)."""
+        if self.lock.held:
+            return
+        self.lock.acquire()
+        if self.lock.took_over:
+            holder = self.lock.took_over
+            logger.warning(
+                "Took over the stale lock of %s (pid %s on %s since %s, no longer running)",
+                self.path,
+                holder.get("pid"),
+                holder.get("host"),
+                holder.get("since"),
+            )
+
+    def release_writer(self) -> None:
+        self.lock.release()
+
     def clean_leftovers(self) -> None:
         """Removes staging and uncommitted checkpoint directories of a crashed save."""
         if not self.path.is_dir():
             return
         committed = {c["dir"] for c in self.read_manifest()["checkpoints"]}
-        for leftover in storage.stale_staging_dirs(self.path):
-            storage.remove_tree(leftover)
+        for leftover in storage.leftovers(self.path):
+            storage.remove(leftover)
         for child in self.path.iterdir():
             if _CHECKPOINT_DIR.match(child.name) and child.name not in committed:
                 logger.info("Removing uncommitted checkpoint %s", child)
-                storage.remove_tree(child)
+                storage.remove(child)
 
     def commit(
         self,
@@ -178,13 +239,13 @@ class CheckpointDirectory:
         `update(manifest, entry)` may change the manifest (best value, history)
         in the same atomic manifest write as the commit.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.acquire_writer()
         manifest = self.read_manifest()
         ckpt_id = manifest["next_id"]
         name = f"{kind}-{ckpt_id:06d}"
         # An id at or above next_id is never in the manifest: only a crash
         # between rename and manifest write leaves such a directory.
-        storage.remove_tree(self.path / name)
+        storage.remove(self.path / name)
         fp = model_state.fingerprint(model)
         fp_id = model_state.fingerprint_id(fp)
         with storage.StagedDirectory(self.path, name) as staged:
@@ -217,7 +278,7 @@ class CheckpointDirectory:
 
     def update_manifest(self, change) -> dict:
         """Applies `change(manifest)` and writes the manifest atomically."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.acquire_writer()
         manifest = self.read_manifest()
         change(manifest)
         mf.write_manifest(self.manifest_path, manifest)
@@ -229,6 +290,7 @@ class CheckpointDirectory:
         The manifest drops them first, then their files go: a crash in between
         leaves only unreferenced directories, removed by the next save.
         """
+        self.acquire_writer()
         manifest = self.read_manifest()
         of_kind = mf.checkpoints_of_kind(manifest, kind)
         doomed = [c for c in of_kind[: max(len(of_kind) - keep, 0)] if c["id"] not in protect]
@@ -240,7 +302,7 @@ class CheckpointDirectory:
         manifest["fingerprints"] = {k: v for k, v in manifest["fingerprints"].items() if k in used}
         mf.write_manifest(self.manifest_path, manifest)
         for entry in doomed:
-            storage.remove_tree(self.checkpoint_path(entry))
+            storage.remove(self.checkpoint_path(entry))
 
     # --- the usual set of callbacks -----------------------------------------------
 

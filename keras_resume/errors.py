@@ -13,6 +13,10 @@ class ManifestError(KerasResumeError, ValueError):
     """The manifest is unreadable, has a foreign format, or fails validation."""
 
 
+class ManifestVersionError(ManifestError):
+    """The manifest was written by another (newer) schema version of keras_resume."""
+
+
 class CheckpointCorruptError(KerasResumeError, OSError):
     """A checkpoint file is missing, truncated or fails its checksum."""
 
@@ -23,3 +27,11 @@ class CheckpointMismatchError(KerasResumeError, ValueError):
 
 class NoCheckpointError(KerasResumeError, FileNotFoundError):
     """No committed checkpoint of the requested kind exists."""
+
+
+class DirectoryLockedError(KerasResumeError, RuntimeError):
+    """Another live process holds the checkpoint directory's writer lock."""
+
+
+class SaveError(KerasResumeError, OSError):
+    """A checkpoint could not be written; the previous checkpoint is intact."""

@@ -7,21 +7,20 @@ write is the commit point of every save.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 
 from keras_resume import storage
-from keras_resume.errors import ManifestError
+from keras_resume.errors import ManifestError, ManifestVersionError
 
 MANIFEST_NAME = "manifest.json"
 SELF_DESCRIPTION = "checkpoint.json"  # in every checkpoint directory
 FORMAT = "keras-resume"
 SCHEMA_VERSION = 1
 KINDS = ("backup", "best")
-_DIR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def utc_now() -> str:
@@ -42,25 +41,43 @@ def new_manifest() -> dict:
     }
 
 
+def content_checksum(manifest: dict) -> str:
+    """SHA-256 of the manifest's canonical JSON, its own checksum field left out."""
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def read_manifest(path: Path) -> dict | None:
-    """Reads and validates a manifest; returns None when the file does not exist."""
+    """Reads and validates a manifest; returns None when the file does not exist.
+
+    Raises `ManifestError` naming the file when it is not JSON, fails its
+    checksum (a flipped byte, a truncation, a hand edit) or its schema.
+    """
     path = Path(path)
     if not path.exists():
         return None
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ManifestError(
-            f"Manifest {path} is not valid JSON ({e}). It may have been edited "
-            "by hand or damaged; restore it from a backup or remove the directory "
-            "to start a new run."
+            f"Manifest {path} is not valid JSON ({e}). It was damaged or edited by "
+            "hand; keras_resume rebuilds it from the checkpoints' own checkpoint.json "
+            "when it next writes, or remove the directory to start a new run."
         ) from e
+    _validate_header(manifest, path)  # a newer schema may checksum differently
+    if manifest.get("checksum") != content_checksum(manifest):
+        raise ManifestError(
+            f"Manifest {path} fails its checksum: it was damaged or edited by hand. "
+            "keras_resume rebuilds it from the checkpoints' own checkpoint.json."
+        )
     validate(manifest, path)
     return manifest
 
 
 def write_manifest(path: Path, manifest: dict) -> None:
     validate(manifest, path)
+    manifest["checksum"] = content_checksum(manifest)
     storage.atomic_write_json(path, manifest)
 
 
@@ -78,17 +95,21 @@ def _check_type(path, where: str, value, types) -> None:
         _fail(path, f"{where} must be {names}, got {value!r}")
 
 
-def validate(manifest, path="<manifest>") -> None:
-    """Checks the manifest's structure; raises `ManifestError` naming the bad field."""
+def _validate_header(manifest, path) -> None:
     _check_type(path, "the top level", manifest, dict)
     if manifest.get("format") != FORMAT:
         _fail(path, f"format={manifest.get('format')!r}, expected {FORMAT!r}")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise ManifestError(
+        raise ManifestVersionError(
             f"Manifest {path} has schema_version={version!r}; this keras_resume "
             f"reads schema_version={SCHEMA_VERSION}. Upgrade keras_resume to read it."
         )
+
+
+def validate(manifest, path="<manifest>") -> None:
+    """Checks the manifest's structure; raises `ManifestError` naming the bad field."""
+    _validate_header(manifest, path)
     for key, types in (
         ("next_id", int),
         ("checkpoints", list),
@@ -97,43 +118,79 @@ def validate(manifest, path="<manifest>") -> None:
         ("resumes", list),
     ):
         _check_type(path, key, manifest.get(key), types)
-    seen = set()
+    if "best" not in manifest:
+        _fail(path, "the key 'best' is missing")
+    for fp_id, fp in manifest["fingerprints"].items():
+        _validate_fingerprint(path, f"fingerprints[{fp_id!r}]", fp)
+    seen_ids, seen_dirs = set(), set()
     for i, entry in enumerate(manifest["checkpoints"]):
         _validate_entry(path, i, entry, manifest)
-        if entry["id"] in seen or entry["id"] >= manifest["next_id"]:
+        if entry["id"] in seen_ids or entry["id"] >= manifest["next_id"]:
             _fail(path, f"checkpoints[{i}].id={entry['id']} is repeated or >= next_id")
-        seen.add(entry["id"])
-    best = manifest.get("best")
+        if entry["dir"] in seen_dirs:
+            _fail(path, f"checkpoints[{i}].dir={entry['dir']!r} is used twice")
+        seen_ids.add(entry["id"])
+        seen_dirs.add(entry["dir"])
+    best = manifest["best"]
     if best is not None:
         _check_type(path, "best", best, dict)
         for key, types in (("monitor", str), ("mode", str), ("value", (int, float))):
             _check_type(path, f"best.{key}", best.get(key), types)
+        if best["mode"] not in ("min", "max"):
+            _fail(path, f"best.mode={best['mode']!r}, expected 'min' or 'max'")
     for i, item in enumerate(manifest["history"]):
         _check_type(path, f"history[{i}]", item, dict)
-        _check_type(path, f"history[{i}].epoch", item.get("epoch"), int)
+        _check_natural(path, f"history[{i}].epoch", item.get("epoch"))
         _check_type(path, f"history[{i}].logs", item.get("logs"), dict)
+    for i, item in enumerate(manifest["resumes"]):
+        _check_type(path, f"resumes[{i}]", item, dict)
+
+
+def _check_natural(path, where: str, value) -> None:
+    _check_type(path, where, value, int)
+    if value < 0:
+        _fail(path, f"{where}={value} is negative")
+
+
+def _validate_fingerprint(path, where: str, fp) -> None:
+    _check_type(path, where, fp, dict)
+    for key in ("variables", "optimizer_variables"):
+        _check_type(path, f"{where}.{key}", fp.get(key), list)
+        for j, item in enumerate(fp[key]):
+            ok = (
+                isinstance(item, list)
+                and len(item) == 3
+                and isinstance(item[0], str)
+                and isinstance(item[1], list)
+                and all(isinstance(d, int) and not isinstance(d, bool) for d in item[1])
+                and isinstance(item[2], str)
+            )
+            if not ok:
+                _fail(path, f"{where}.{key}[{j}]={item!r}, expected [path, shape, dtype]")
+    if fp.get("optimizer") is not None:
+        _check_type(path, f"{where}.optimizer", fp["optimizer"], str)
 
 
 def _validate_entry(path, i: int, entry, manifest: dict) -> None:
     where = f"checkpoints[{i}]"
     _check_type(path, where, entry, dict)
     for key, types in (
-        ("id", int),
         ("dir", str),
         ("kind", str),
-        ("epoch", int),
-        ("step_in_epoch", int),
         ("epoch_complete", bool),
-        ("global_step", int),
         ("logs", dict),
         ("files", list),
         ("fingerprint", str),
     ):
         _check_type(path, f"{where}.{key}", entry.get(key), types)
+    for key in ("id", "epoch", "step_in_epoch", "global_step"):
+        _check_natural(path, f"{where}.{key}", entry.get(key))
+    if "training_stopped" in entry:
+        _check_type(path, f"{where}.training_stopped", entry["training_stopped"], bool)
     if entry["kind"] not in KINDS:
         _fail(path, f"{where}.kind={entry['kind']!r}, expected one of {KINDS}")
-    if not _DIR_NAME.match(entry["dir"]) or ".." in entry["dir"]:
-        _fail(path, f"{where}.dir={entry['dir']!r} is not a plain directory name")
+    if entry["dir"] != f"{entry['kind']}-{entry['id']:06d}":
+        _fail(path, f"{where}.dir={entry['dir']!r} does not match its kind and id")
     if entry["fingerprint"] not in manifest["fingerprints"]:
         _fail(path, f"{where}.fingerprint={entry['fingerprint']!r} is not in fingerprints")
     for j, record in enumerate(entry["files"]):
@@ -158,6 +215,48 @@ def self_description(manifest: dict, entry: dict) -> dict:
         "best": manifest["best"],
         "history": manifest["history"],
     }
+
+
+def from_self_descriptions(descriptions: list[dict], where) -> dict:
+    """Rebuilds a manifest from checkpoints' `checkpoint.json` (see `self_description`).
+
+    Entries come from every description; the best value and the history from
+    the newest. Resume records are not kept in checkpoints and start empty.
+    """
+    manifest = new_manifest()
+    for description in sorted(descriptions, key=lambda d: d["entry"]["id"]):
+        entry = description["entry"]
+        manifest["checkpoints"].append(entry)
+        manifest["fingerprints"][entry["fingerprint"]] = description["fingerprint"]
+        manifest["best"] = description["best"]
+        manifest["history"] = description["history"]
+    manifest["next_id"] = max((c["id"] for c in manifest["checkpoints"]), default=0) + 1
+    validate(manifest, where)
+    return manifest
+
+
+def read_self_description(path: Path) -> dict:
+    """Reads one `checkpoint.json`; raises `ManifestError` if it is not a valid one."""
+    try:
+        description = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ManifestError(f"{path} is unreadable ({e})") from e
+    _check_type(path, "the top level", description, dict)
+    if description.get("format") != FORMAT or description.get("schema_version") != SCHEMA_VERSION:
+        _fail(path, "format or schema_version is not this keras_resume's")
+    entry = description.get("entry")
+    _check_type(path, "entry", entry, dict)
+    _check_type(path, "fingerprint", description.get("fingerprint"), dict)
+    probe = new_manifest()
+    probe["fingerprints"][str(entry.get("fingerprint"))] = description["fingerprint"]
+    probe["checkpoints"] = [entry]
+    probe["next_id"] = entry.get("id", 0) + 1 if isinstance(entry.get("id"), int) else 0
+    probe["best"] = description.get("best")
+    probe["history"] = description.get("history")
+    validate(probe, path)
+    if entry["dir"] != Path(path).parent.name:
+        _fail(path, f"entry.dir={entry['dir']!r} is not the directory it is in")
+    return description
 
 
 def json_safe_logs(logs: dict | None) -> dict:

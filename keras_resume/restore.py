@@ -7,7 +7,7 @@ import warnings
 
 from keras_resume import manifest as mf
 from keras_resume.directory import CheckpointDirectory, as_directory
-from keras_resume.state import model_state, rng_state
+from keras_resume.state import model_state, rng_state, schema
 from keras_resume.state.bundle import StateBundle
 
 
@@ -49,6 +49,8 @@ def load_into_model(model, ckpt: CheckpointDirectory, entry: dict) -> StateBundl
     model_state.check_compatible(ckpt.fingerprint_of(entry), model, where)
     has_bundle = any(f["path"] == "state.json" for f in entry["files"])
     bundle = ckpt.load_state(entry) if has_bundle else None
+    if bundle is not None:
+        schema.check_bundle(bundle, ckpt.checkpoint_path(entry))
     model_state.load_weights(model, ckpt.checkpoint_path(entry))
     if bundle is not None and "seed_generators" in bundle.meta:
         problems = rng_state.restore_seed_generators(model, bundle)

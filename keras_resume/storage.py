@@ -11,10 +11,11 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import uuid
 from pathlib import Path
 
-from keras_resume.errors import CheckpointCorruptError
+from keras_resume.errors import CheckpointCorruptError, DirectoryLockedError
 
 STAGING_PREFIX = ".staging-"
 _CHUNK = 8 * 1024 * 1024
@@ -134,13 +135,114 @@ class StagedDirectory:
         return False
 
 
-def remove_tree(path: Path) -> None:
-    """Deletes a checkpoint directory; a missing one is not an error."""
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def stale_staging_dirs(root: Path) -> list[Path]:
-    """Lists staging directories left behind by a crashed save."""
+def leftovers(root: Path) -> list[Path]:
+    """Staging directories and temporary files left behind by a crashed save."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.name.startswith(STAGING_PREFIX))
+    return sorted(
+        p
+        for p in root.iterdir()
+        if p.name.startswith(STAGING_PREFIX) or (p.name.startswith(".") and p.name.endswith(".tmp"))
+    )
+
+
+def remove(path: Path) -> None:
+    """Deletes a file or a directory tree; a missing one is not an error."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+# Locks this process holds, by lock file path. A `fit` that ends with an
+# exception never reaches `on_train_end`; the next `fit` in the same process
+# (a notebook cell run again) takes the lock over from it.
+_HELD: dict = {}
+
+
+class DirectoryLock:
+    """An exclusive writer lock on a checkpoint directory (`.lock`, `fcntl.flock`).
+
+    The kernel releases a `flock` when its process dies, so a lock left by a
+    SIGKILLed process is free again at once; the holder's pid, host and start
+    time written in the file name the holder in the error message, and tell
+    that a stale lock was taken over. Re-entrant within one process. Works on
+    local filesystems; on NFS `flock` may not be enforced across hosts.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._fd: int | None = None
+        self.took_over: dict | None = None  # holder info of a stale lock taken over
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.NAME
+
+    @property
+    def _key(self) -> str:
+        return str(self.path.resolve())
+
+    @property
+    def held(self) -> bool:
+        return _HELD.get(self._key) is self
+
+    def acquire(self) -> None:
+        import fcntl
+
+        owner = _HELD.get(self._key)
+        if owner is self:
+            return
+        if owner is not None:
+            self._fd, owner._fd = owner._fd, None
+            _HELD[self._key] = self
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise DirectoryLockedError(
+                f"Checkpoint directory {self.root} is being written by another "
+                f"process (pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, "
+                f"since {holder.get('since', '?')}); lock file {self.path}. Wait for it to "
+                "finish, stop it, or give this run its own directory."
+            ) from None
+        self.took_over = _read_holder(fd) or None  # released locks are emptied
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
+        self._fd = fd
+        _HELD[self._key] = self
+
+    def release(self) -> None:
+        import fcntl
+
+        if not self.held:
+            return
+        del _HELD[self._key]
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        data = os.pread(fd, 4096, 0)
+        holder = json.loads(data.decode("utf-8")) if data else {}
+        return holder if isinstance(holder, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

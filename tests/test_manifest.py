@@ -28,7 +28,11 @@ def _entry(**overrides):
 
 def _manifest(**entry_overrides):
     manifest = mf.new_manifest()
-    manifest["fingerprints"]["fp"] = {"variables": []}
+    manifest["fingerprints"]["fp"] = {
+        "variables": [["sequential/dense/kernel", [3, 4], "float32"]],
+        "optimizer": "Adam",
+        "optimizer_variables": [["adam/iteration", [], "int64"]],
+    }
     manifest["checkpoints"].append(_entry(**entry_overrides))
     manifest["next_id"] = 2
     return manifest
@@ -60,7 +64,16 @@ def test_file_path_outside_the_checkpoint_is_rejected(bad_path):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("epoch", "2"), ("epoch", True), ("kind", "weights"), ("files", {}), ("fingerprint", "zz")],
+    [
+        ("epoch", "2"),
+        ("epoch", True),
+        ("epoch", -5),
+        ("kind", "weights"),
+        ("files", {}),
+        ("fingerprint", "zz"),
+        ("training_stopped", "no"),
+        ("global_step", None),
+    ],
 )
 def test_bad_field_named_in_error(field, value):
     with pytest.raises(ManifestError, match=field):
@@ -83,6 +96,37 @@ def test_invalid_json_names_the_file(tmp_path):
     path = tmp_path / mf.MANIFEST_NAME
     path.write_text('{"format": "keras-resume", ')
     with pytest.raises(ManifestError, match=str(path)):
+        mf.read_manifest(path)
+
+
+@pytest.mark.parametrize(
+    "fingerprint",
+    [
+        {},
+        {"variables": [[1]], "optimizer_variables": []},
+        {"variables": [], "optimizer_variables": [["a", [1.5], "float32"]]},
+        {"variables": [], "optimizer_variables": [], "optimizer": 3},
+    ],
+)
+def test_malformed_fingerprint_rejected(fingerprint):
+    manifest = _manifest()
+    manifest["fingerprints"]["fp"] = fingerprint
+    with pytest.raises(ManifestError, match="fingerprints"):
+        mf.validate(manifest)
+
+
+def test_missing_best_key_rejected():
+    manifest = _manifest()
+    del manifest["best"]
+    with pytest.raises(ManifestError, match="best"):
+        mf.validate(manifest)
+
+
+def test_hand_edit_fails_the_checksum(tmp_path):
+    path = tmp_path / mf.MANIFEST_NAME
+    mf.write_manifest(path, _manifest())
+    path.write_text(path.read_text().replace('"global_step": 29', '"global_step": 30'))
+    with pytest.raises(ManifestError, match="checksum"):
         mf.read_manifest(path)
 
 

@@ -36,7 +36,7 @@ def test_staged_directory_commits_under_final_name(tmp_path):
         assert staged.path.name.startswith(storage.STAGING_PREFIX)
         staged.commit()
     assert (tmp_path / "backup-000001" / "a.bin").read_bytes() == b"x" * 10
-    assert storage.stale_staging_dirs(tmp_path) == []
+    assert storage.leftovers(tmp_path) == []
 
 
 def test_staged_directory_removed_when_save_fails(tmp_path):

@@ -142,7 +142,6 @@ def main(argv=None):
     callbacks += ckpt.callbacks(every_n_steps=args.every, monitor="val_loss", track=track)
     if args.no_rng:
         callbacks = [c for c in callbacks if not isinstance(c, kr.RngCapture)]
-        ckpt.providers.pop("rng")
     history = model.fit(
         **make_inputs(args.input, x, y),
         validation_data=(xv, yv),

@@ -42,8 +42,13 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
         initial_value_threshold: only save once the metric beats this value.
         min_delta: smallest change that counts as an improvement. Defaults to 0.
         keep: how many best checkpoints to keep, newest (best) first. Defaults to 1.
+        on_error: `"raise"` a `SaveError` when a save fails, or `"warn"` and
+            keep training; the previous checkpoint is intact either way.
+            Defaults to `"raise"`.
         verbose: 1 prints one line per save. Defaults to 0.
     """
+
+    epoch_end_order = 0
 
     def __init__(
         self,
@@ -53,10 +58,16 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
         initial_value_threshold: float | None = None,
         min_delta: float = 0,
         keep: int = 1,
+        on_error: str = "raise",
         verbose: int = 0,
     ):
         super().__init__(
-            ckpt, monitor=monitor, mode=mode, baseline=initial_value_threshold, min_delta=min_delta
+            ckpt,
+            on_error=on_error,
+            monitor=monitor,
+            mode=mode,
+            baseline=initial_value_threshold,
+            min_delta=min_delta,
         )
         check_positive_int("keep", keep, allow_none=False)
         self.initial_value_threshold = initial_value_threshold
@@ -82,12 +93,18 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
             self._set_monitor_op()
         if current is not None and not math.isnan(float(current)):
             if self._is_improvement(float(current), self.best):
-                self._save(epoch, float(current), logs)
+                self.attempt(
+                    f"best checkpoint of epoch {epoch + 1}",
+                    lambda: self._save(epoch, float(current), logs),
+                )
                 return
-        self.ckpt.update_manifest(lambda m: mf.record_history(m, epoch, logs))
+        self.attempt(
+            f"history of epoch {epoch + 1}",
+            lambda: self.ckpt.update_manifest(lambda m: mf.record_history(m, epoch, logs)),
+        )
 
     def _save(self, epoch: int, current: float, logs: dict) -> None:
-        previous, self.best = self.best, current
+        previous = self.best
         position = {
             "epoch": epoch,
             "step_in_epoch": int(self.params.get("steps") or 0),
@@ -107,6 +124,7 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
             mf.record_history(manifest, epoch, logs)
 
         entry = self.ckpt.commit(self.model, "best", None, position, logs, update)
+        self.best = current
         self.ckpt.retain("best", self.keep)
         if previous is None:
             previous = float("inf") if mode == "min" else float("-inf")

@@ -10,7 +10,7 @@ from keras.src.utils import io_utils
 from keras_resume import backend
 from keras_resume import manifest as mf
 from keras_resume.callbacks.session import SessionCallback
-from keras_resume.errors import NoCheckpointError
+from keras_resume.errors import CheckpointMismatchError, NoCheckpointError
 from keras_resume.restore import info_for, load_into_model
 from keras_resume.state import model_state, rng_state
 
@@ -58,26 +58,29 @@ class FullStateResume(SessionCallback):
         self.resumed_from = None  # RestoreInfo of the last resume, for users
         self._bundle = None
         self._history_done = True
-        self._original_train_function = None
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self.resumed_from = None
         self._history_done = True
+        self._bundle = None
         try:
             entry = self.ckpt.select("latest", verify=self.verify)
         except NoCheckpointError:
             logger.info("No backup in %s: starting a new run", self.ckpt.path)
             return
-        bundle = load_into_model(self.model, self.ckpt, entry)
         info = info_for(self.ckpt, entry)
         epoch, step = info.initial_epoch, info.initial_step
+        self._check_steps_per_execution(entry, step)
+        bundle = load_into_model(self.model, self.ckpt, entry)
         if entry.get("training_stopped"):
             epoch, step = max(self.params.get("epochs", epoch), epoch), 0
         self._warn_missing(bundle, entry)
+        session = self.session
         backend.set_initial_epoch(self.model, epoch)
-        self.session.tracker.fast_forward(bundle.meta.get("data", {}), epochs_done=epoch)
-        self.session.skip_epoch, self.session.skip_steps = epoch, step
+        session.cleanups.append(lambda: backend.set_initial_epoch(self.model, None))
+        session.tracker.fast_forward(bundle.meta.get("data", {}), epochs_done=epoch)
+        session.skip_epoch, session.skip_steps = epoch, step
         self._bundle = bundle
         self._history_done = False
         if step:
@@ -91,36 +94,63 @@ class FullStateResume(SessionCallback):
         if self._bundle is None or epoch != self.session.skip_epoch:
             return
         self._prepend_history()
-        scheduler = self.ckpt.providers.get("callbacks")
-        if scheduler is not None and "callbacks" in self._bundle.meta:
-            problems = scheduler.restore_state(self._bundle)
-            if problems:
-                warnings.warn(
-                    f"Callback state in {self.ckpt.path} not fully restored: "
-                    + "; ".join(problems),
-                    stacklevel=2,
-                )
+        self._restore_callbacks()
         if not self.session.skip_steps:
             self._restore_process_rng()
             self._bundle = None
 
     def on_train_end(self, logs=None):
+        if self._bundle is not None and not self._history_done:
+            # No epoch ran (the run had finished): callbacks listed after this one,
+            # e.g. EarlyStopping(restore_best_weights=True), end as they did then.
+            self._restore_callbacks()
         self._prepend_history()
-        if self._original_train_function is not None:
-            self.model.train_function = self._original_train_function
-            self._original_train_function = None
-        backend.set_initial_epoch(self.model, None)
         self._bundle = None
         super().on_train_end(logs)
 
     # --- helpers ------------------------------------------------------------------
 
+    def _check_steps_per_execution(self, entry, step: int) -> None:
+        steps_per_call = _steps_per_execution(self.model)
+        if step % steps_per_call:
+            raise CheckpointMismatchError(
+                f"Backup {self.ckpt.checkpoint_path(entry)} was taken after step {step} of "
+                f"its epoch, but the model runs steps_per_execution={steps_per_call} steps "
+                "per call, so training cannot continue at that step. Compile with a "
+                f"steps_per_execution that divides {step} (as when the backup was written)."
+            )
+
+    def _restore_callbacks(self) -> None:
+        scheduler = self.session.providers.get("callbacks")
+        if "callbacks" not in self._bundle.meta:
+            return
+        if scheduler is None:
+            warnings.warn(
+                f"The backup in {self.ckpt.path} holds callback state, but no "
+                "SchedulerCapture is in use now: EarlyStopping/ReduceLROnPlateau restart "
+                "their patience. Add keras_resume.SchedulerCapture(ckpt, [...]).",
+                stacklevel=3,
+            )
+            return
+        problems = scheduler.restore_state(self._bundle)
+        if problems:
+            warnings.warn(
+                f"Callback state in {self.ckpt.path} not fully restored: " + "; ".join(problems),
+                stacklevel=3,
+            )
+
     def _skip_first_steps(self, step: int) -> None:
         """Makes the first `step` calls of the train step draw their batches only."""
         model = self.model
         original = model.train_function
-        steps_per_call = max(int(getattr(model, "steps_per_execution", 1) or 1), 1)
+        steps_per_call = _steps_per_execution(model)
         remaining = [step // steps_per_call]
+
+        def put_back():
+            if model.train_function is train_function:
+                model.train_function = original
+
+        self.session.cleanups.append(put_back)
 
         def train_function(data):
             if remaining[0] > 0:
@@ -131,12 +161,10 @@ class FullStateResume(SessionCallback):
                     self._restore_metrics(batch)
                 return model.get_metrics_result()
             model.train_function = original
-            self._original_train_function = None
             self._restore_process_rng()
             self._bundle = None
             return original(data)
 
-        self._original_train_function = original
         model.train_function = train_function
 
     def _restore_metrics(self, batch) -> None:
@@ -198,12 +226,6 @@ class FullStateResume(SessionCallback):
                 "keras.utils.set_random_seed(...) at the start of the script.",
                 stacklevel=3,
             )
-        if "callbacks" in bundle.meta and "callbacks" not in self.ckpt.providers:
-            warnings.warn(
-                f"Backup {where} holds callback state, but no SchedulerCapture is in use "
-                "now: EarlyStopping/ReduceLROnPlateau restart their patience.",
-                stacklevel=3,
-            )
 
     def _record_resume(self, entry, epoch: int, step: int) -> None:
         def change(manifest):
@@ -232,3 +254,7 @@ class FullStateResume(SessionCallback):
         if self.verbose:
             io_utils.print_msg(message)
         logger.info(message)
+
+
+def _steps_per_execution(model) -> int:
+    return max(int(getattr(model, "steps_per_execution", 1) or 1), 1)

@@ -33,9 +33,9 @@ class RngCapture(SessionCallback):
 
     section = "rng"
 
-    def __init__(self, ckpt):
-        super().__init__(ckpt)
-        self.ckpt.providers[self.section] = self
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.session.providers[self.section] = self
 
     def capture_state(self, model, bundle) -> None:
         bundle.meta["rng"] = {"process": rng_state.capture_process_rng()}

@@ -43,7 +43,10 @@ class SchedulerCapture(SessionCallback):
         self.track = list(track)
         for callback in self.track:
             callback_state.check_supported(callback)
-        self.ckpt.providers[self.section] = self
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.session.providers[self.section] = self
 
     def capture_state(self, model, bundle) -> None:
         callback_state.capture_callbacks(self.track, bundle)

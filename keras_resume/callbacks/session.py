@@ -7,22 +7,33 @@ state bundle of a backup from every registered capture callback.
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import keras
 
+from keras_resume import backend
 from keras_resume.directory import CheckpointDirectory, as_directory
+from keras_resume.errors import DirectoryLockedError, KerasResumeError, SaveError
 from keras_resume.state import model_state
 from keras_resume.state.bundle import StateBundle
 from keras_resume.state.data_state import DataTracker
 
+logger = logging.getLogger("keras_resume")
+
 
 class TrainingSession:
-    def __init__(self, ckpt: CheckpointDirectory, model):
+    def __init__(self, ckpt: CheckpointDirectory, model, epoch_iterator):
         self.ckpt = ckpt
         self.model = model
-        self.members: set[int] = set()
+        self.epoch_iterator = epoch_iterator
+        self.members: list = []  # our callbacks in this fit, in the order they joined
+        self.ended: set[int] = set()
+        self.providers: dict = {}  # section -> RngCapture / SchedulerCapture
+        self.cleanups: list = []  # undo what a callback changed in the model, run at close
+        ckpt.acquire_writer()
         ckpt.clean_leftovers()
-        self.tracker = DataTracker(model)
-        self.epoch = 0
+        self.tracker = DataTracker(model, epoch_iterator)
         # Set by FullStateResume: batches [0, skip_steps) of skip_epoch were
         # trained before the interruption and are only drawn, not trained.
         self.skip_epoch: int | None = None
@@ -37,28 +48,61 @@ class TrainingSession:
         bundle.meta["data"] = self.tracker.capture(mid_epoch)
         if mid_epoch:
             model_state.capture_metrics(self.model, bundle)
-        for provider in self.ckpt.providers.values():
+        for provider in self.providers.values():
             provider.capture_state(self.model, bundle)
         return bundle
 
+    def flush_epoch_end(self) -> None:
+        """Runs every member's end-of-epoch work: best checkpoint first, backup last.
+
+        The epoch-end backup marks the epoch complete, so it is committed only
+        after the best checkpoint: a kill between the two replays the epoch.
+        """
+        for callback in sorted(self.members, key=lambda c: c.epoch_end_order):
+            callback._flush_epoch_end()
+
+    def end(self, callback) -> None:
+        """Called from each member's `on_train_end`; the last one closes the session."""
+        self.flush_epoch_end()
+        self.ended.add(id(callback))
+        if all(id(c) in self.ended for c in self.members):
+            self.close()
+
     def close(self) -> None:
         if not self.closed:
-            self.tracker.detach()
             self.closed = True
+            for cleanup in self.cleanups:
+                cleanup()
+            self.tracker.detach()
+            self.ckpt.release_writer()
 
 
 def join(ckpt: CheckpointDirectory, callback) -> TrainingSession:
-    """The session of the running `fit`, opened by the first callback that asks."""
+    """The session of the running `fit`, opened by the first callback that asks.
+
+    A new `fit` is told apart by its data iterator (or, where that cannot be
+    found, by a member joining twice). A session left open by a `fit` that
+    ended with an exception (Ctrl-C) is closed first.
+    """
+    iterator = backend.find_epoch_iterator(callback.model)
     session = ckpt.session
-    if (
-        session is None
-        or session.closed
-        or session.model is not callback.model
-        or id(callback) in session.members
-    ):
-        session = TrainingSession(ckpt, callback.model)
+    same_fit = (
+        session is not None
+        and not session.closed
+        and session.model is callback.model
+        and (
+            session.epoch_iterator is iterator
+            if iterator is not None
+            else all(c is not callback for c in session.members)
+        )
+    )
+    if not same_fit:
+        if session is not None:
+            session.close()
+        session = TrainingSession(ckpt, callback.model, iterator)
         ckpt.session = session
-    session.members.add(id(callback))
+    if all(c is not callback for c in session.members):
+        session.members.append(callback)
     return session
 
 
@@ -72,8 +116,16 @@ class SessionCallback(keras.callbacks.Callback):
     order of the callbacks.
     """
 
-    def __init__(self, ckpt, **kwargs):
+    epoch_end_order = 2  # BestCheckpoint 0, StepBackup 1: see flush_epoch_end
+
+    def __init__(self, ckpt, on_error: str = "raise", **kwargs):
         super().__init__(**kwargs)
+        if on_error not in ("raise", "warn"):
+            raise ValueError(
+                f"Invalid value for argument on_error. Received: on_error={on_error!r}. "
+                "Expected 'raise' or 'warn'."
+            )
+        self.on_error = on_error
         self.ckpt = as_directory(ckpt)
         self.session: TrainingSession | None = None
         self._epoch_end: tuple[int, dict] | None = None
@@ -83,16 +135,15 @@ class SessionCallback(keras.callbacks.Callback):
         self._epoch_end = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._flush_epoch_end()
+        self.session.flush_epoch_end()
 
     def on_epoch_end(self, epoch, logs=None):
         # Keep the dict itself: callbacks after this one still add to it.
         self._epoch_end = (epoch, logs if logs is not None else {})
 
     def on_train_end(self, logs=None):
-        self._flush_epoch_end()
         if self.session is not None:
-            self.session.close()
+            self.session.end(self)
 
     def _flush_epoch_end(self) -> None:
         if self._epoch_end is not None:
@@ -102,6 +153,31 @@ class SessionCallback(keras.callbacks.Callback):
 
     def after_epoch(self, epoch: int, logs: dict) -> None:
         """End-of-epoch work, run after every callback's `on_epoch_end`."""
+
+    def attempt(self, what: str, save) -> None:
+        """Runs `save()`; a failure raises `SaveError` or warns, as `on_error` says.
+
+        The commit protocol already guarantees that a failed save removed its
+        partial files and left the previous checkpoint intact.
+        """
+        try:
+            save()
+        except DirectoryLockedError:
+            raise
+        except Exception as e:
+            error = SaveError(
+                f"Could not save the {what} to {self.ckpt.path}: {type(e).__name__}: {e}. "
+                "The previous checkpoint is intact. Free disk space or fix the I/O error"
+                + (
+                    "; training continues without this checkpoint."
+                    if self.on_error == "warn"
+                    else ", or pass on_error='warn' to keep training without it."
+                )
+            )
+            if self.on_error == "raise" or not isinstance(e, (OSError, KerasResumeError)):
+                raise error from e
+            logger.error("%s", error)
+            warnings.warn(str(error), stacklevel=3)
 
 
 def check_positive_int(name: str, value, allow_none: bool) -> None:

@@ -9,6 +9,7 @@ from keras.src.utils import io_utils
 from keras_resume import backend
 from keras_resume import manifest as mf
 from keras_resume.callbacks.session import SessionCallback, check_positive_int
+from keras_resume.preemption import EXIT_PREEMPTED, Preempted, PreemptionWatch
 
 logger = logging.getLogger("keras_resume")
 
@@ -45,16 +46,34 @@ class StepBackup(SessionCallback):
             count) reaches a multiple of this; `None` backs up at epoch ends
             only. Defaults to `None`.
         keep: how many backups to keep, newest first (at least 1). Defaults to 2.
+        on_error: what a failed save (full disk, I/O error) does: `"raise"` a
+            `SaveError`, or `"warn"` and keep training. Either way the failed
+            save's partial files are removed and the previous checkpoint is
+            intact. Defaults to `"raise"`.
+        save_on_sigterm: on SIGTERM (what schedulers send before a kill), save
+            a full checkpoint at the next step boundary and exit with status
+            143 (`keras_resume.EXIT_PREEMPTED`). Defaults to True.
         verbose: 1 prints one line per backup. Defaults to 0.
     """
 
-    def __init__(self, ckpt, every_n_steps: int | None = None, keep: int = 2, verbose: int = 0):
-        super().__init__(ckpt)
+    epoch_end_order = 1
+
+    def __init__(
+        self,
+        ckpt,
+        every_n_steps: int | None = None,
+        keep: int = 2,
+        on_error: str = "raise",
+        save_on_sigterm: bool = True,
+        verbose: int = 0,
+    ):
+        super().__init__(ckpt, on_error=on_error)
         check_positive_int("every_n_steps", every_n_steps, allow_none=True)
         check_positive_int("keep", keep, allow_none=False)
         self.every_n_steps = every_n_steps
         self.keep = keep
         self.verbose = verbose
+        self.preemption = PreemptionWatch() if save_on_sigterm else None
         self._epoch = 0
         self._trained_in_epoch = 0
         self._global_step: int | None = None
@@ -64,9 +83,14 @@ class StepBackup(SessionCallback):
         super().on_train_begin(logs)
         self._global_step = None
         self._pending_step = None
+        if self.preemption is not None:
+            self.preemption.install()
 
     def on_epoch_begin(self, epoch, logs=None):
-        super().on_epoch_begin(epoch, logs)
+        flushed = self._epoch_end is not None
+        super().on_epoch_begin(epoch, logs)  # commits the previous epoch's backup
+        if flushed:
+            self._exit_if_preempted(f"after epoch {epoch}")
         if self._global_step is None:
             # Read after every on_train_begin, so after FullStateResume's restore.
             self._global_step = backend.read_int(self.model.optimizer.iterations)
@@ -75,14 +99,37 @@ class StepBackup(SessionCallback):
         self._trained_in_epoch = session.skip_steps if session.skip_epoch == epoch else 0
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self.session.skipping(self._epoch, batch):
+            return
+        preempted = self.preemption is not None and self.preemption.requested
+        if preempted and self._trained_in_epoch:
+            self._pending_step = self._trained_in_epoch
         if self._pending_step is not None:
             step, self._pending_step = self._pending_step, None
             self._save(self._epoch, step, epoch_complete=False, logs=None)
+        if preempted:
+            self._exit_if_preempted(f"at step {self._trained_in_epoch} of epoch {self._epoch + 1}")
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        if self.preemption is not None:
+            self.preemption.uninstall()
+
+    def _exit_if_preempted(self, where: str) -> None:
+        if self.preemption is None or not self.preemption.requested:
+            return
+        self.preemption.uninstall()
+        raise Preempted(
+            f"SIGTERM: saved a full checkpoint {where} in {self.ckpt.path}; exiting with "
+            f"status {EXIT_PREEMPTED}. Rerun the same command to resume."
+        )
 
     def on_train_batch_end(self, batch, logs=None):
         if self.session.skipping(self._epoch, batch):
             return
-        trained = batch + 1  # `batch` is the last step index of this call
+        # `batch` is the last step index of this call; Keras reports a full
+        # call even when the epoch ends inside it.
+        trained = min(batch + 1, self.params.get("steps") or batch + 1)
         before, self._global_step = (
             self._global_step,
             self._global_step + trained - self._trained_in_epoch,
@@ -99,9 +146,28 @@ class StepBackup(SessionCallback):
         self._pending_step = None  # the epoch-end backup supersedes it
 
     def after_epoch(self, epoch, logs):
+        steps = self.params.get("steps")
+        if steps and self._trained_in_epoch < steps:
+            # A callback stopped training mid-epoch; Keras then validated and reset
+            # the running metrics, so this moment cannot be resumed exactly. The
+            # last step backup stays the resume point.
+            logger.info(
+                "Training stopped at step %d of %d in epoch %d: no epoch-end backup",
+                self._trained_in_epoch,
+                steps,
+                epoch + 1,
+            )
+            return
         self._save(epoch, self._trained_in_epoch, epoch_complete=True, logs=logs)
 
     def _save(self, epoch: int, step: int, epoch_complete: bool, logs) -> None:
+        where = "end of epoch" if epoch_complete else f"step {step} of epoch"
+        self.attempt(
+            f"backup at {where} {epoch + 1}",
+            lambda: self._write(epoch, step, epoch_complete, logs, where),
+        )
+
+    def _write(self, epoch: int, step: int, epoch_complete: bool, logs, where: str) -> None:
         model = self.model
         position = {
             "epoch": epoch,
@@ -118,7 +184,6 @@ class StepBackup(SessionCallback):
 
         entry = self.ckpt.commit(model, "backup", bundle, position, logs, update)
         self.ckpt.retain("backup", self.keep)
-        where = "end of epoch" if epoch_complete else f"step {step} of epoch"
         message = f"Saved backup {entry['dir']} at {where} {epoch + 1}"
         if self.verbose:
             io_utils.print_msg(f"\n{message} to {self.ckpt.path}")

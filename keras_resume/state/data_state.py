@@ -18,8 +18,8 @@ from keras_resume.state.rng_state import capture_process_rng, restore_process_rn
 class DataTracker:
     """Watches one `fit` call's data iterator; captures and replays its position."""
 
-    def __init__(self, model):
-        self.epoch_iterator = backend.find_epoch_iterator(model)
+    def __init__(self, model, epoch_iterator):
+        self.epoch_iterator = epoch_iterator
         self.py_dataset = backend.py_dataset_of(self.epoch_iterator)
         self.iterators_created = 0
         self.epoch_end_rng: list[dict] = []

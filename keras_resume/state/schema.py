@@ -1,0 +1,100 @@
+"""The schema of a checkpoint's `state.json`, checked before any variable is assigned.
+
+A checkpoint that passes its checksums can still be from a buggy writer or
+crafted by hand; this turns every malformed field into one
+`CheckpointCorruptError` naming the file and the key, instead of a raw
+KeyError halfway through a restore.
+"""
+
+from __future__ import annotations
+
+from keras_resume.errors import CheckpointCorruptError
+from keras_resume.state.bundle import STATE_FILE, StateBundle
+
+
+class _Bad(Exception):
+    pass
+
+
+def _is(value, types, where):
+    types = types if isinstance(types, tuple) else (types,)
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        names = " or ".join(t.__name__ for t in types)
+        raise _Bad(f"{where} must be {names}, got {value!r:.80}")
+    return value
+
+
+def _ints(values, where, length=None):
+    _is(values, list, where)
+    if length is not None and len(values) != length:
+        raise _Bad(f"{where} must have {length} items, has {len(values)}")
+    for i, v in enumerate(values):
+        _is(v, int, f"{where}[{i}]")
+    return values
+
+
+def _process_rng(state, where):
+    _is(state, dict, where)
+    python = _is(state.get("python"), list, f"{where}.python")
+    if len(python) != 3:
+        raise _Bad(f"{where}.python must be [version, state, gauss]")
+    _is(python[0], int, f"{where}.python[0]")
+    _ints(python[1], f"{where}.python[1]", 625)
+    _is(python[2], (float, type(None)), f"{where}.python[2]")
+    numpy = _is(state.get("numpy"), list, f"{where}.numpy")
+    if len(numpy) != 5 or numpy[0] != "MT19937":
+        raise _Bad(f"{where}.numpy must be ['MT19937', keys, pos, has_gauss, cached]")
+    _ints(numpy[1], f"{where}.numpy[1]", 624)
+    _is(numpy[2], int, f"{where}.numpy[2]")
+    _is(numpy[3], int, f"{where}.numpy[3]")
+    _is(numpy[4], (int, float), f"{where}.numpy[4]")
+    _is(state.get("backend", {}), dict, f"{where}.backend")
+    _is(state.get("backend_name", ""), str, f"{where}.backend_name")
+
+
+def _arrays(bundle, section, count, where):
+    found = len(bundle.get_arrays(section))
+    if found != count:
+        raise _Bad(f"{where} lists {count} arrays, arrays.npz has {found}")
+
+
+def _check(bundle: StateBundle) -> None:
+    meta = bundle.meta
+    if "data" in meta:
+        data = _is(meta["data"], dict, "data")
+        _is(data.get("tracked"), bool, "data.tracked")
+        _is(data.get("mid_epoch"), bool, "data.mid_epoch")
+        if _is(data.get("iterators_created"), int, "data.iterators_created") < 0:
+            raise _Bad("data.iterators_created is negative")
+        for i, state in enumerate(_is(data.get("epoch_end_rng"), list, "data.epoch_end_rng")):
+            _process_rng(state, f"data.epoch_end_rng[{i}]")
+    if "rng" in meta:
+        _process_rng(_is(meta["rng"], dict, "rng").get("process"), "rng.process")
+    if "seed_generators" in meta:
+        names = _is(meta["seed_generators"], list, "seed_generators")
+        for i, name in enumerate(names):
+            _is(name, str, f"seed_generators[{i}]")
+        _arrays(bundle, "seed_generators", len(names), "seed_generators")
+    if "metrics" in meta:
+        count = _is(_is(meta["metrics"], dict, "metrics").get("count"), int, "metrics.count")
+        _arrays(bundle, "metrics", count, "metrics")
+    if "callbacks" in meta:
+        for i, record in enumerate(_is(meta["callbacks"], list, "callbacks")):
+            _is(record, dict, f"callbacks[{i}]")
+            _is(record.get("class"), str, f"callbacks[{i}].class")
+            _is(record.get("attributes", {}), dict, f"callbacks[{i}].attributes")
+            for name, present in _is(
+                record.get("arrays", {}), dict, f"callbacks[{i}].arrays"
+            ).items():
+                _is(present, bool, f"callbacks[{i}].arrays.{name}")
+
+
+def check_bundle(bundle: StateBundle, directory) -> None:
+    """Raises `CheckpointCorruptError` naming the file and key of a malformed field."""
+    try:
+        _check(bundle)
+    except _Bad as e:
+        raise CheckpointCorruptError(
+            f"Checkpoint state {directory}/{STATE_FILE} is malformed: {e}. The checkpoint "
+            "cannot be used; resume from another one (select it by id), or delete it."
+        ) from None
