@@ -8,6 +8,7 @@ import pytest
 
 import keras_resume as kr
 from keras_resume import backend
+from keras_resume.directory import as_directory
 from tests.conftest import tiny_data, tiny_model
 
 
@@ -240,3 +241,95 @@ def test_manifest_records_resume_points(ckpt_dir):
     manifest = json.loads((ckpt_dir / "manifest.json").read_text())
     (resume,) = manifest["resumes"]
     assert (resume["epoch"], resume["step_in_epoch"], resume["global_step"]) == (1, 0, 4)
+
+
+def test_kill_between_best_and_backup_commit_loses_no_best(ckpt_dir, monkeypatch):
+    _, ref = _fit(ckpt_dir.with_name("ref"), epochs=3)
+    ref_best = kr.CheckpointDirectory(ckpt_dir.with_name("ref")).best()
+    directory = as_directory(ckpt_dir)  # the object every callback on this path shares
+    original = directory.commit
+    calls = []
+
+    def commit_then_die(model, kind, bundle, position, *args, **kwargs):
+        # Dies at the backup that completes the best epoch, after its best commit.
+        if (
+            kind == "backup"
+            and position["epoch_complete"]
+            and (position["epoch"] == ref_best["epoch"])
+        ):
+            raise KeyboardInterrupt("killed between the two commits")
+        calls.append(kind)
+        return original(model, kind, bundle, position, *args, **kwargs)
+
+    monkeypatch.setattr(directory, "commit", commit_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(ckpt_dir, epochs=3)
+    assert calls[-1] == "best"
+    monkeypatch.undo()
+    _fit(ckpt_dir, epochs=3)
+    assert directory.best() == ref_best
+
+
+def test_finished_run_rerun_keeps_early_stopping_best_weights(ckpt_dir):
+    def early():
+        return keras.callbacks.EarlyStopping(
+            monitor="loss", patience=1, min_delta=0.5, restore_best_weights=True
+        )
+
+    first, history = _fit(ckpt_dir, epochs=10, track=[early()])
+    assert len(history.epoch) < 10  # it stopped early and restored its best weights
+    again, _ = _fit(ckpt_dir, epochs=10, track=[early()])
+    for a, b in zip(first.weights, again.weights):
+        assert np.array_equal(a.numpy(), b.numpy())
+
+
+def test_same_model_refit_after_ctrl_c_resumes_exactly(ckpt_dir):
+    import tensorflow as tf
+
+    def dataset():
+        x, y = tiny_data()
+        return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(32, seed=3).batch(8)
+
+    def fit(model, run, extra=()):
+        callbacks = list(extra) + kr.CheckpointDirectory(run).callbacks(
+            every_n_steps=3, monitor=None
+        )
+        return model.fit(dataset(), epochs=3, verbose=0, callbacks=callbacks)
+
+    keras.utils.set_random_seed(0)
+    reference = tiny_model()
+    fit(reference, ckpt_dir.with_name("ref"))
+    keras.utils.set_random_seed(0)
+    model = tiny_model()
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, ckpt_dir, extra=[Interrupt(7)])
+    fit(model, ckpt_dir)  # the same model object, as a notebook cell run again
+    assert backend.read_int(model.optimizer.iterations) == 12
+    for a, b in zip(reference.weights, model.weights):
+        assert np.array_equal(a.numpy(), b.numpy())
+
+
+def test_steps_per_execution_that_cannot_continue_is_refused(ckpt_dir):
+    with pytest.raises(KeyboardInterrupt):
+        _fit(ckpt_dir, epochs=3, every=1, extra=[Interrupt(6)])  # backup at epoch 1, step 1
+    with pytest.raises(kr.CheckpointMismatchError, match="steps_per_execution=2"):
+        _fit(ckpt_dir, epochs=3, every=1, steps_per_execution=2)
+
+
+class StopMidEpoch(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if backend.read_int(self.model.optimizer.iterations) == 6:
+            self.model.stop_training = True
+
+
+def test_mid_epoch_stop_training_is_not_a_finished_run(ckpt_dir):
+    _fit(ckpt_dir, epochs=3, every=4, extra=[StopMidEpoch()])
+    newest = kr.CheckpointDirectory(ckpt_dir).checkpoints("backup")[-1]
+    assert (newest["epoch"], newest["step_in_epoch"], newest["epoch_complete"]) == (
+        1,
+        0,
+        False,
+    ) or (newest["epoch_complete"] and not newest["training_stopped"])
+    model, history = _fit(ckpt_dir, epochs=3, every=4)
+    assert history.epoch == [0, 1, 2]
+    assert backend.read_int(model.optimizer.iterations) == 12

@@ -121,3 +121,47 @@ def test_sigkill_at_a_random_moment_from_outside(tmp_path, tmp_path_factory, see
     assert proc.returncode == -9 and not out.exists(), "training ended before the kill"
     run_script(*args)
     assert_identical(expected, load_result(out))
+
+
+def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path, tmp_path_factory):
+    """A scheduler's SIGTERM: checkpoint at the next step, exit 143, rerun is exact."""
+    longer = ("--epochs", "8")
+    expected = reference(tmp_path_factory, "numpy", "schedule", *longer)
+    run_dir, out = tmp_path / "run", tmp_path / "out.npz"
+    args = [
+        "--dir",
+        run_dir,
+        "--out",
+        out,
+        "--input",
+        "numpy",
+        "--sched",
+        "schedule",
+        "--every",
+        "1000",
+        *longer,
+    ]  # no step backups: only SIGTERM saves mid-epoch
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env["PYTHONPATH"] = os.pathsep.join([str(SCRIPT.parent.parent), env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_backup(run_dir, proc)  # the end of epoch 0
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr[-2000:]
+    assert not out.exists()
+    from keras_resume import CheckpointDirectory
+
+    newest = CheckpointDirectory(run_dir).checkpoints("backup")[-1]
+    assert not newest["epoch_complete"] or newest["epoch"] > 0
+    run_script(*args)
+    assert_identical(expected, load_result(out))
