@@ -42,15 +42,7 @@ def worker(target: str, run_dir: str, out: str, epochs: int, double: bool) -> No
     rng = np.random.RandomState(0)
     x = rng.normal(size=(STEPS_PER_EPOCH * BATCH, 16)).astype("float32")
     y = (x[:, :8].sum(axis=1) > 0).astype("float32")
-    model = keras.Sequential(
-        [
-            keras.Input((16,)),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dropout(0.2),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
-    model.compile(optimizer="adam", loss="binary_crossentropy")
+    model = build_model()
     if target == "keras_resume":
         callbacks = kr.CheckpointDirectory(run_dir).callbacks(every_n_steps=1, monitor=None, keep=2)
     elif target == "keras":
@@ -150,7 +142,7 @@ def torture_keras_resume(kills: int, seed: int, workdir: Path, progress=print) -
     }
 
 
-def _build_for_check():
+def build_model():
     import keras
 
     model = keras.Sequential(
@@ -177,7 +169,7 @@ def torture_keras(kills: int, seed: int, workdir: Path, double: bool, progress=p
         time.sleep(rand.uniform(0.0, MAX_DELAY_S))
         proc.kill()
         proc.wait(timeout=60)
-        model = _build_for_check()
+        model = build_model()
         callback = keras.callbacks.BackupAndRestore(
             str(run_dir), save_freq=1, double_checkpoint=double
         )

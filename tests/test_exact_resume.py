@@ -88,6 +88,19 @@ def test_unseeded_run_resumes_with_a_warning(tmp_path):
     assert (tmp_path / "out.npz").exists()
 
 
+def _start_script(args, stderr):
+    """tests/train_script.py in the background, for tests that signal it themselves."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env["PYTHONPATH"] = os.pathsep.join([str(SCRIPT.parent.parent), env.get("PYTHONPATH", "")])
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+    )
+
+
 def _wait_for_backup(run_dir, proc, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -104,14 +117,7 @@ def test_sigkill_at_a_random_moment_from_outside(tmp_path, tmp_path_factory, see
     expected = reference(tmp_path_factory, "numpy", "schedule", *longer)
     run_dir, out = tmp_path / "run", tmp_path / "out.npz"
     args = ["--dir", run_dir, "--out", out, "--input", "numpy", "--sched", "schedule", *longer]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    env["PYTHONPATH"] = os.pathsep.join([str(SCRIPT.parent.parent), env.get("PYTHONPATH", "")])
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), *map(str, args)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _start_script(args, stderr=subprocess.DEVNULL)
     try:
         _wait_for_backup(run_dir, proc)
         time.sleep(random.Random(seed).uniform(0.0, 0.8))
@@ -141,15 +147,7 @@ def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path, tmp_path_factory)
         "1000",
         *longer,
     ]  # no step backups: only SIGTERM saves mid-epoch
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    env["PYTHONPATH"] = os.pathsep.join([str(SCRIPT.parent.parent), env.get("PYTHONPATH", "")])
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), *map(str, args)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_script(args, stderr=subprocess.PIPE)
     try:
         _wait_for_backup(run_dir, proc)  # the end of epoch 0
         time.sleep(0.3)
