@@ -53,7 +53,17 @@ def worker(target: str, run_dir: str, out: str, epochs: int, double: bool) -> No
         ]
     else:
         callbacks = []
-    ready = keras.callbacks.LambdaCallback(on_train_begin=lambda logs: print("READY", flush=True))
+
+    class Ready(keras.callbacks.Callback):
+        """Says when the first step is trained, so kills land in training and saves,
+        not in the interpreter's start or tf.function tracing."""
+
+        def on_train_batch_end(self, batch, logs=None):
+            if not getattr(self, "said", False):
+                print("READY", flush=True)
+                self.said = True
+
+    ready = Ready()
     model.fit(
         x,
         y,
