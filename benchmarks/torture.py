@@ -56,10 +56,13 @@ def worker(target: str, run_dir: str, out: str, epochs: int, double: bool) -> No
 
     class Ready(keras.callbacks.Callback):
         """Says when the first step is trained, so kills land in training and saves,
-        not in the interpreter's start or tf.function tracing."""
+        not in the interpreter's start, the restore, or tf.function tracing."""
+
+        def on_train_begin(self, logs=None):
+            self.start, self.said = int(model.optimizer.iterations.numpy()), False
 
         def on_train_batch_end(self, batch, logs=None):
-            if not getattr(self, "said", False):
+            if not self.said and int(model.optimizer.iterations.numpy()) > self.start:
                 print("READY", flush=True)
                 self.said = True
 
@@ -112,7 +115,7 @@ def torture_keras_resume(kills: int, seed: int, workdir: Path, progress=print) -
     run_dir, out = workdir / "run", workdir / "out.npz"
     ckpt = kr.CheckpointDirectory(run_dir)
     done, start = 0, time.monotonic()
-    expected_step, resumes_seen, resumed = None, 0, 0
+    expected_step, resumes_seen, resumed, resume_steps = None, 0, 0, []
     while True:
         proc = _start("keras_resume", run_dir, out, epochs)
         assert _wait_ready(proc), "worker did not start training"
@@ -123,6 +126,7 @@ def torture_keras_resume(kills: int, seed: int, workdir: Path, progress=print) -
             assert len(resumes) == resumes_seen + 1, resumes
             assert resumes[-1]["global_step"] == expected_step, (resumes[-1], expected_step)
             resumed += 1
+            resume_steps.append(expected_step)
         resumes_seen = len(resumes)
         if done >= kills:
             assert proc.wait(timeout=900) == 0, "the final run failed"
@@ -148,6 +152,7 @@ def torture_keras_resume(kills: int, seed: int, workdir: Path, progress=print) -
         "total_steps": epochs * STEPS_PER_EPOCH,
         "bit_identical": identical,
         "resumed_from_newest_verified_backup": resumed,
+        "resume_steps": resume_steps,
         "seconds": round(time.monotonic() - start, 1),
     }
 
