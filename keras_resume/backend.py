@@ -141,6 +141,14 @@ def set_initial_epoch(model, epoch: int | None) -> None:
     model._initial_epoch = epoch
 
 
+def _fit_frame(model, frame):
+    while frame is not None:
+        if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
+            return frame
+        frame = frame.f_back
+    return None
+
+
 def find_epoch_iterator(model):
     """The `EpochIterator` of the `model.fit` call running now, or None.
 
@@ -148,12 +156,13 @@ def find_epoch_iterator(model):
     of `fit` on every backend. Reading it lets keras_resume put the data
     pipeline back where it was, instead of replaying whole epochs.
     """
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
-            return frame.f_locals.get("epoch_iterator")
-        frame = frame.f_back
-    return None
+    frame = _fit_frame(model, sys._getframe(1))
+    return frame.f_locals.get("epoch_iterator") if frame is not None else None
+
+
+def in_fit(model, frame) -> bool:
+    """Whether `frame` (e.g. where a signal arrived) is inside `model.fit`."""
+    return _fit_frame(model, frame) is not None
 
 
 def py_dataset_of(epoch_iterator):

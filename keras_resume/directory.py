@@ -272,9 +272,25 @@ class CheckpointDirectory:
             (staged.path / mf.SELF_DESCRIPTION).write_text(
                 json.dumps(mf.self_description(manifest, entry), indent=1, sort_keys=True)
             )
-            staged.commit()
-        mf.write_manifest(self.manifest_path, manifest)
+            final = staged.commit()
+        try:
+            mf.write_manifest(self.manifest_path, manifest)
+        except BaseException:
+            # Not committed: remove it now, so no later save or rebuild can see a
+            # second checkpoint with this id. (The manifest may have been replaced
+            # before the failure, e.g. in the directory fsync: then it stays.)
+            if not self._lists(entry):
+                storage.remove(final)
+            raise
         return entry
+
+    def _lists(self, entry: dict) -> bool:
+        """Whether the manifest on disk lists `entry` (True when that cannot be told)."""
+        try:
+            manifest = mf.read_manifest(self.manifest_path) or mf.new_manifest()
+        except ManifestError:
+            return True
+        return any(c["dir"] == entry["dir"] for c in manifest["checkpoints"])
 
     def update_manifest(self, change) -> dict:
         """Applies `change(manifest)` and writes the manifest atomically."""
@@ -302,7 +318,7 @@ class CheckpointDirectory:
         manifest["fingerprints"] = {k: v for k, v in manifest["fingerprints"].items() if k in used}
         mf.write_manifest(self.manifest_path, manifest)
         for entry in doomed:
-            storage.remove(self.checkpoint_path(entry))
+            storage.retire(self.checkpoint_path(entry))
 
     # --- the usual set of callbacks -----------------------------------------------
 

@@ -59,7 +59,7 @@ def read_manifest(path: Path) -> dict | None:
         return None
     try:
         manifest = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ManifestError(
             f"Manifest {path} is not valid JSON ({e}). It was damaged or edited by "
             "hand; keras_resume rebuilds it from the checkpoints' own checkpoint.json "
@@ -207,7 +207,7 @@ def _validate_entry(path, i: int, entry, manifest: dict) -> None:
 def self_description(manifest: dict, entry: dict) -> dict:
     """What a checkpoint directory stores about itself: its entry, fingerprint,
     and the run's best value and history as of its commit."""
-    return {
+    description = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
         "entry": entry,
@@ -215,6 +215,8 @@ def self_description(manifest: dict, entry: dict) -> dict:
         "best": manifest["best"],
         "history": manifest["history"],
     }
+    description["checksum"] = content_checksum(description)
+    return description
 
 
 def from_self_descriptions(descriptions: list[dict], where) -> dict:
@@ -224,7 +226,10 @@ def from_self_descriptions(descriptions: list[dict], where) -> dict:
     the newest. Resume records are not kept in checkpoints and start empty.
     """
     manifest = new_manifest()
-    for description in sorted(descriptions, key=lambda d: d["entry"]["id"]):
+    by_id = {}
+    for description in sorted(descriptions, key=lambda d: str(d["entry"].get("created"))):
+        by_id[description["entry"]["id"]] = description  # the newest of a repeated id wins
+    for description in sorted(by_id.values(), key=lambda d: d["entry"]["id"]):
         entry = description["entry"]
         manifest["checkpoints"].append(entry)
         manifest["fingerprints"][entry["fingerprint"]] = description["fingerprint"]
@@ -244,6 +249,8 @@ def read_self_description(path: Path) -> dict:
     _check_type(path, "the top level", description, dict)
     if description.get("format") != FORMAT or description.get("schema_version") != SCHEMA_VERSION:
         _fail(path, "format or schema_version is not this keras_resume's")
+    if description.get("checksum") != content_checksum(description):
+        _fail(path, "its checksum does not match (damaged or edited)")
     entry = description.get("entry")
     _check_type(path, "entry", entry, dict)
     _check_type(path, "fingerprint", description.get("fingerprint"), dict)

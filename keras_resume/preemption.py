@@ -9,6 +9,7 @@ the status of a process ended by SIGTERM, which supervisors retry).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 
@@ -29,27 +30,51 @@ class Preempted(SystemExit):
 
 
 class PreemptionWatch:
-    """Sets `requested` on SIGTERM while installed; a second SIGTERM acts as before."""
+    """Sets `requested` on a SIGTERM that arrives inside `model.fit`.
+
+    A SIGTERM outside that `fit` (the fit raised and never uninstalled this,
+    or it already returned) goes to the handler that was there before, as does
+    a second SIGTERM.
+    """
 
     def __init__(self):
         self.requested = False
         self._previous = None
-        self._installed = False
+        self._model = None
 
-    def install(self) -> None:
-        if self._installed or threading.current_thread() is not threading.main_thread():
+    def install(self, model) -> None:
+        if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
+        self.uninstall()
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-        self._installed = True
+        self._model = model
+        current = signal.getsignal(signal.SIGTERM)
+        left_behind = getattr(current, "__self__", None)
+        if isinstance(left_behind, PreemptionWatch):
+            # A fit that raised never uninstalled its watch: replace it, not chain it.
+            current, left_behind._model = left_behind._previous, None
+        self._previous = current
+        signal.signal(signal.SIGTERM, self._handle)
 
     def uninstall(self) -> None:
-        if self._installed:
+        if self._model is not None:
             if signal.getsignal(signal.SIGTERM) == self._handle:
                 signal.signal(signal.SIGTERM, self._previous)
-            self._installed = False
+            self._model = None
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
-        signal.signal(signal.SIGTERM, self._previous)
-        logger.warning("SIGTERM received: saving a checkpoint at the next step, then exiting")
+        from keras_resume import backend
+
+        previous = self._previous
+        signal.signal(signal.SIGTERM, previous)
+        if not self.requested and backend.in_fit(self._model, frame):
+            self.requested = True
+            logger.warning("SIGTERM received: saving a checkpoint at the next step, then exiting")
+            return
+        self._model = None
+        # Not ours to handle: deliver it as if this handler had never been set.
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -18,6 +18,7 @@ from pathlib import Path
 from keras_resume.errors import CheckpointCorruptError, DirectoryLockedError
 
 STAGING_PREFIX = ".staging-"
+DELETING_PREFIX = ".deleting-"  # renamed so before removal: never rebuilt into a manifest
 _CHUNK = 8 * 1024 * 1024
 
 
@@ -142,8 +143,19 @@ def leftovers(root: Path) -> list[Path]:
     return sorted(
         p
         for p in root.iterdir()
-        if p.name.startswith(STAGING_PREFIX) or (p.name.startswith(".") and p.name.endswith(".tmp"))
+        if p.name.startswith((STAGING_PREFIX, DELETING_PREFIX))
+        or (p.name.startswith(".") and p.name.endswith(".tmp"))
     )
+
+
+def retire(path: Path) -> None:
+    """Deletes a committed checkpoint directory: renamed out of sight first, so a
+    crash mid-removal leaves only a leftover, never a half-deleted checkpoint."""
+    if not path.exists():
+        return
+    hidden = path.with_name(f"{DELETING_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
+    os.replace(path, hidden)
+    remove(hidden)
 
 
 def remove(path: Path) -> None:
@@ -175,6 +187,7 @@ class DirectoryLock:
     def __init__(self, root: Path):
         self.root = Path(root)
         self._fd: int | None = None
+        self._key: str | None = None  # the lock file's absolute path, fixed at acquire
         self.took_over: dict | None = None  # holder info of a stale lock taken over
 
     @property
@@ -182,25 +195,38 @@ class DirectoryLock:
         return self.root / self.NAME
 
     @property
-    def _key(self) -> str:
-        return str(self.path.resolve())
-
-    @property
     def held(self) -> bool:
-        return _HELD.get(self._key) is self
+        return self._key is not None and _HELD.get(self._key) is self
+
+    def _still_ours(self) -> bool:
+        """False when the lock file was deleted or replaced (the run's directory removed)."""
+        try:
+            mine, now = os.fstat(self._fd), os.stat(self._key)
+        except OSError:
+            return False
+        return (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
 
     def acquire(self) -> None:
+        if self.held:
+            if self._still_ours():
+                return
+            self.release()  # our lock file is gone: lock the new one like anyone else
+        key = str(self.path.absolute())
+        owner = _HELD.get(key)
+        if owner is not None and owner is not self:
+            self._fd, owner._fd, owner._key = owner._fd, None, None
+            self._key = key
+            _HELD[key] = self
+            if self._still_ours():
+                return
+            self.release()
+        self._lock_file(key)
+
+    def _lock_file(self, key: str) -> None:
         import fcntl
 
-        owner = _HELD.get(self._key)
-        if owner is self:
-            return
-        if owner is not None:
-            self._fd, owner._fd = owner._fd, None
-            _HELD[self._key] = self
-            return
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -209,15 +235,18 @@ class DirectoryLock:
             raise DirectoryLockedError(
                 f"Checkpoint directory {self.root} is being written by another "
                 f"process (pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, "
-                f"since {holder.get('since', '?')}); lock file {self.path}. Wait for it to "
+                f"since {holder.get('since', '?')}); lock file {key}. Wait for it to "
                 "finish, stop it, or give this run its own directory."
             ) from None
-        self.took_over = _read_holder(fd) or None  # released locks are emptied
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
-        self._fd = fd
-        _HELD[self._key] = self
+        self._fd, self._key = fd, key
+        _HELD[key] = self
+        self.took_over = _read_holder(fd) or None  # a released lock is emptied
+        try:  # the holder's name is for messages only: best effort on a full disk
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
+        except OSError:
+            pass
 
     def release(self) -> None:
         import fcntl
@@ -225,9 +254,12 @@ class DirectoryLock:
         if not self.held:
             return
         del _HELD[self._key]
-        fd, self._fd = self._fd, None
+        fd, self._fd, self._key = self._fd, None, None
         try:
             os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        try:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)

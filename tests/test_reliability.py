@@ -222,3 +222,99 @@ def test_symlinked_checkpoint_directory_is_refused(ckpt_dir, tmp_path):
     with pytest.warns(UserWarning):
         with pytest.raises(kr.CheckpointCorruptError, match="outside"):
             ckpt.select("latest")
+
+
+def test_failed_manifest_write_removes_the_uncommitted_checkpoint(ckpt_dir, monkeypatch):
+    _train(ckpt_dir, epochs=1)
+    ckpt = kr.CheckpointDirectory(ckpt_dir)
+    next_id = ckpt.read_manifest()["next_id"]
+
+    def broken(path, manifest):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(mf, "write_manifest", broken)
+    with pytest.warns(UserWarning, match="Input/output error"):
+        _train(ckpt_dir, epochs=2, on_error="warn")
+    monkeypatch.undo()
+    names = {p.name for p in ckpt_dir.iterdir()}
+    assert not any(n.endswith(f"-{next_id:06d}") for n in names), names
+    assert ckpt.read_manifest()["next_id"] == next_id
+
+
+def test_retention_interrupted_mid_removal_is_never_rebuilt(ckpt_dir, monkeypatch):
+    _train(ckpt_dir, epochs=2, keep=1)
+    ckpt = kr.CheckpointDirectory(ckpt_dir)
+    kept = {c["dir"] for c in ckpt.checkpoints()}
+
+    real_remove = storage.remove
+
+    def crash(path):
+        if path.name.startswith(storage.DELETING_PREFIX):
+            raise KeyboardInterrupt("killed while deleting")
+        real_remove(path)
+
+    monkeypatch.setattr(storage, "remove", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _train(ckpt_dir, epochs=3, keep=1)
+    monkeypatch.undo()
+    assert any(p.name.startswith(storage.DELETING_PREFIX) for p in ckpt_dir.iterdir())
+    (ckpt_dir / "manifest.json").unlink()
+    with pytest.warns(UserWarning, match="Rebuilt"):
+        rebuilt = {c["dir"] for c in ckpt.read_manifest()["checkpoints"]}
+    assert not rebuilt & (kept - {c["dir"] for c in ckpt.read_manifest()["checkpoints"]})
+    assert all(not d.startswith(".") for d in rebuilt)
+
+
+def test_tampered_checkpoint_json_is_not_trusted_by_a_rebuild(ckpt_dir):
+    _train(ckpt_dir, epochs=2, keep=2)
+    ckpt = kr.CheckpointDirectory(ckpt_dir)
+    newest = ckpt.checkpoints("backup")[-1]
+    description = ckpt_dir / newest["dir"] / "checkpoint.json"
+    description.write_text(description.read_text().replace('"global_step": 8', '"global_step": 96'))
+    (ckpt_dir / "manifest.json").unlink()
+    with pytest.warns(UserWarning, match="checksum"):
+        rebuilt = ckpt.read_manifest()
+    assert newest["dir"] not in {c["dir"] for c in rebuilt["checkpoints"]}
+
+
+def test_damaged_arrays_file_is_a_documented_error_even_unverified(ckpt_dir):
+    _train(ckpt_dir, epochs=1, keep=1)
+    ckpt = kr.CheckpointDirectory(ckpt_dir)
+    (entry,) = ckpt.checkpoints("backup")
+    arrays = ckpt_dir / entry["dir"] / "arrays.npz"
+    arrays.write_bytes(arrays.read_bytes()[:-40])
+    fresh = tiny_model()
+    fresh(np.zeros((1, 3)))
+    with pytest.raises(kr.CheckpointCorruptError, match="arrays|state"):
+        kr.restore(fresh, ckpt_dir, verify=False)
+
+
+def test_lock_survives_a_failed_holder_write_and_a_deleted_directory(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    lock = storage.DirectoryLock(run)
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    lock.acquire()  # holder info cannot be written: the lock is still taken and tracked
+    monkeypatch.undo()
+    assert lock.held
+    lock.release()
+    lock.acquire()
+    shutil.rmtree(run)  # someone removes the run's directory while we hold its lock
+    lock.acquire()  # re-locks the new lock file instead of trusting the old inode
+    assert (run / ".lock").exists() and lock.held
+    other = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from keras_resume import storage; "
+            "storage.DirectoryLock(sys.argv[1]).acquire()",
+            str(run),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert other.returncode != 0 and "DirectoryLockedError" in other.stderr
+    lock.release()

@@ -76,8 +76,12 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        saved = self.ckpt.best()
         self.best = self.initial_value_threshold
+        self._sync_best()
+
+    def _sync_best(self) -> None:
+        """The manifest's best value is the truth, across restarts and failed saves."""
+        saved = self.ckpt.best()
         if saved and saved["monitor"] == self.monitor:
             self.best = saved["value"]
 
@@ -97,6 +101,7 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
                     f"best checkpoint of epoch {epoch + 1}",
                     lambda: self._save(epoch, float(current), logs),
                 )
+                self._sync_best()  # a save that failed late may still have committed
                 return
         self.attempt(
             f"history of epoch {epoch + 1}",

@@ -91,6 +91,8 @@ class FullStateResume(SessionCallback):
 
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch, logs)
+        # fit has read it by now; leaving it set would move a later fit's start.
+        backend.set_initial_epoch(self.model, None)
         if self._bundle is None or epoch != self.session.skip_epoch:
             return
         self._prepend_history()
@@ -152,18 +154,26 @@ class FullStateResume(SessionCallback):
 
         self.session.cleanups.append(put_back)
 
+        session = self.session
+
         def train_function(data):
-            if remaining[0] > 0:
-                first = remaining[0] == step // steps_per_call
-                remaining[0] -= 1
-                batch = backend.skip_batches(data, steps_per_call)
-                if first:
-                    self._restore_metrics(batch)
-                return model.get_metrics_result()
-            model.train_function = original
-            self._restore_process_rng()
-            self._bundle = None
-            return original(data)
+            if session.closed or backend.find_epoch_iterator(model) is not session.epoch_iterator:
+                # A fit that raised during the skip left this wrapper behind; this
+                # is another fit, which must train every batch.
+                put_back()
+                return original(data)
+            first = remaining[0] == step // steps_per_call
+            remaining[0] -= 1
+            batch = backend.skip_batches(data, steps_per_call)
+            if first:
+                self._restore_metrics(batch)
+            if remaining[0] == 0:
+                # Done drawing: every generator back where the interruption left
+                # it, before any callback of the next step can save or draw.
+                put_back()
+                self._restore_process_rng()
+                self._bundle = None
+            return model.get_metrics_result()
 
         model.train_function = train_function
 
@@ -239,7 +249,13 @@ class FullStateResume(SessionCallback):
                 }
             )
 
-        self.ckpt.update_manifest(change)
+        try:
+            self.ckpt.update_manifest(change)
+        except OSError as e:  # informational only: a full disk must not stop the resume
+            warnings.warn(
+                f"Could not record the resume point in {self.ckpt.manifest_path}: {e}",
+                stacklevel=3,
+            )
 
     def _announce(self, entry, epoch: int, step: int) -> None:
         steps = self.params.get("steps")

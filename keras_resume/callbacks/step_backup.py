@@ -84,13 +84,13 @@ class StepBackup(SessionCallback):
         self._global_step = None
         self._pending_step = None
         if self.preemption is not None:
-            self.preemption.install()
+            self.preemption.install(self.model)
+            self.session.cleanups.append(self.preemption.uninstall)
 
     def on_epoch_begin(self, epoch, logs=None):
-        flushed = self._epoch_end is not None
         super().on_epoch_begin(epoch, logs)  # commits the previous epoch's backup
-        if flushed:
-            self._exit_if_preempted(f"after epoch {epoch}")
+        if self._preempted() and not self.session.skipping(epoch, 0):
+            self._exit_preempted(f"after epoch {epoch}", saved=True)
         if self._global_step is None:
             # Read after every on_train_begin, so after FullStateResume's restore.
             self._global_step = backend.read_int(self.model.optimizer.iterations)
@@ -101,27 +101,45 @@ class StepBackup(SessionCallback):
     def on_train_batch_begin(self, batch, logs=None):
         if self.session.skipping(self._epoch, batch):
             return
-        preempted = self.preemption is not None and self.preemption.requested
-        if preempted and self._trained_in_epoch:
-            self._pending_step = self._trained_in_epoch
+        if self._preempted():
+            if self._trained_in_epoch:
+                self._pending_step = self._trained_in_epoch
+            where = f"at step {self._trained_in_epoch} of epoch {self._epoch + 1}"
+            if self._pending_step is None:
+                self._exit_preempted(where, saved=None)
+            step, self._pending_step = self._pending_step, None
+            self._exit_preempted(where, saved=self._save_for_preemption(self._epoch, step))
         if self._pending_step is not None:
             step, self._pending_step = self._pending_step, None
             self._save(self._epoch, step, epoch_complete=False, logs=None)
-        if preempted:
-            self._exit_if_preempted(f"at step {self._trained_in_epoch} of epoch {self._epoch + 1}")
 
     def on_train_end(self, logs=None):
-        super().on_train_end(logs)
-        if self.preemption is not None:
-            self.preemption.uninstall()
+        super().on_train_end(logs)  # commits the last epoch's backup
+        if self._preempted():
+            self._exit_preempted("at the end of training", saved=True)
 
-    def _exit_if_preempted(self, where: str) -> None:
-        if self.preemption is None or not self.preemption.requested:
-            return
+    def _preempted(self) -> bool:
+        return self.preemption is not None and self.preemption.requested
+
+    def _save_for_preemption(self, epoch: int, step: int) -> bool:
+        try:
+            self._write(epoch, step, False, None, f"step {step} of epoch")
+            return True
+        except Exception as e:  # the exit status must still say "preempted"
+            logger.error("Could not save on SIGTERM to %s: %s", self.ckpt.path, e)
+            return False
+
+    def _exit_preempted(self, where: str, saved: bool | None) -> None:
         self.preemption.uninstall()
+        if saved:
+            what = f"saved a full checkpoint {where} in {self.ckpt.path}"
+        elif saved is None:
+            what = f"nothing new to save {where}; the newest backup in {self.ckpt.path} stands"
+        else:
+            what = f"the save {where} failed; the previous backup in {self.ckpt.path} is intact"
         raise Preempted(
-            f"SIGTERM: saved a full checkpoint {where} in {self.ckpt.path}; exiting with "
-            f"status {EXIT_PREEMPTED}. Rerun the same command to resume."
+            f"SIGTERM: {what}. Exiting with status {EXIT_PREEMPTED}; rerun the same "
+            "command to resume."
         )
 
     def on_train_batch_end(self, batch, logs=None):

@@ -6,9 +6,7 @@ Written as `state.json` and `arrays.npz`; read back without pickle
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +49,9 @@ class StateBundle:
             meta = json.loads(state_path.read_text(encoding="utf-8"))
             with np.load(arrays_path, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files}
-        except (OSError, ValueError, zipfile.BadZipFile, io.UnsupportedOperation) as e:
+        except Exception as e:  # noqa: BLE001 - any failure to parse is damage
+            # numpy and zipfile raise many types for damaged archives (EOFError,
+            # zlib.error, NotImplementedError, BadZipFile, ...).
             raise CheckpointCorruptError(
                 f"Cannot read checkpoint state in {directory} ({e}). The checkpoint "
                 "is damaged; resume from another one."

@@ -93,8 +93,12 @@ def restore_callbacks(callbacks: list, bundle: StateBundle) -> list[str]:
         if "custom" in record:
             callback.set_state(record["custom"])
             continue
-        for name, value in record.get("attributes", {}).items():
-            setattr(callback, name, value)
-        for name, present in record.get("arrays", {}).items():
+        known = _known_type(callback)
+        # Only the attributes this module saves are ever set from a file.
+        for name in KNOWN_STATE.get(known, ()):
+            if name in record.get("attributes", {}):
+                setattr(callback, name, record["attributes"][name])
+        for name in KNOWN_ARRAYS.get(known, ()):
+            present = record.get("arrays", {}).get(name, False)
             setattr(callback, name, bundle.get_arrays(f"callbacks/{i}/{name}") if present else None)
     return problems

@@ -33,22 +33,40 @@ def _ints(values, where, length=None):
     return values
 
 
+def _in_range(values, low, high, where):
+    for i, v in enumerate(values):
+        if not low <= v < high:
+            raise _Bad(f"{where}[{i}]={v} is outside [{low}, {high})")
+
+
+def _python_rng(state, where):
+    state = _is(state, list, where)
+    if len(state) != 3:
+        raise _Bad(f"{where} must be [version, state, gauss]")
+    _is(state[0], int, f"{where}[0]")
+    internal = _ints(state[1], f"{where}[1]", 625)
+    _in_range(internal[:624], 0, 2**32, f"{where}[1]")
+    _in_range(internal[624:], 0, 625, f"{where}[1]")
+    _is(state[2], (float, type(None)), f"{where}[2]")
+
+
 def _process_rng(state, where):
     _is(state, dict, where)
-    python = _is(state.get("python"), list, f"{where}.python")
-    if len(python) != 3:
-        raise _Bad(f"{where}.python must be [version, state, gauss]")
-    _is(python[0], int, f"{where}.python[0]")
-    _ints(python[1], f"{where}.python[1]", 625)
-    _is(python[2], (float, type(None)), f"{where}.python[2]")
+    _python_rng(state.get("python"), f"{where}.python")
     numpy = _is(state.get("numpy"), list, f"{where}.numpy")
     if len(numpy) != 5 or numpy[0] != "MT19937":
         raise _Bad(f"{where}.numpy must be ['MT19937', keys, pos, has_gauss, cached]")
-    _ints(numpy[1], f"{where}.numpy[1]", 624)
-    _is(numpy[2], int, f"{where}.numpy[2]")
-    _is(numpy[3], int, f"{where}.numpy[3]")
+    _in_range(_ints(numpy[1], f"{where}.numpy[1]", 624), 0, 2**32, f"{where}.numpy[1]")
+    _in_range([_is(numpy[2], int, f"{where}.numpy[2]")], 0, 625, f"{where}.numpy[2]")
+    _in_range([_is(numpy[3], int, f"{where}.numpy[3]")], 0, 2, f"{where}.numpy[3]")
     _is(numpy[4], (int, float), f"{where}.numpy[4]")
-    _is(state.get("backend", {}), dict, f"{where}.backend")
+    backend = _is(state.get("backend", {}), dict, f"{where}.backend")
+    _is(backend.get("global_seed"), (int, type(None)), f"{where}.backend.global_seed")
+    if "tf_op_seed_rng" in backend:
+        _python_rng(backend["tf_op_seed_rng"], f"{where}.backend.tf_op_seed_rng")
+    if "tf_global_generator" in backend:
+        generator = _ints(backend["tf_global_generator"], f"{where}.backend.tf_global_generator")
+        _in_range(generator, -(2**63), 2**63, f"{where}.backend.tf_global_generator")
     _is(state.get("backend_name", ""), str, f"{where}.backend_name")
 
 
@@ -64,8 +82,8 @@ def _check(bundle: StateBundle) -> None:
         data = _is(meta["data"], dict, "data")
         _is(data.get("tracked"), bool, "data.tracked")
         _is(data.get("mid_epoch"), bool, "data.mid_epoch")
-        if _is(data.get("iterators_created"), int, "data.iterators_created") < 0:
-            raise _Bad("data.iterators_created is negative")
+        created = _is(data.get("iterators_created"), int, "data.iterators_created")
+        _in_range([created], 0, 10**6, "data.iterators_created")
         for i, state in enumerate(_is(data.get("epoch_end_rng"), list, "data.epoch_end_rng")):
             _process_rng(state, f"data.epoch_end_rng[{i}]")
     if "rng" in meta:
