@@ -137,10 +137,12 @@ class StepBackup(SessionCallback):
             what = f"nothing new to save {where}; the newest backup in {self.ckpt.path} stands"
         else:
             what = f"the save {where} failed; the previous backup in {self.ckpt.path} is intact"
-        raise Preempted(
+        message = (
             f"SIGTERM: {what}. Exiting with status {EXIT_PREEMPTED}; rerun the same "
             "command to resume."
         )
+        logger.warning(message)  # SystemExit itself prints nothing
+        raise Preempted(message)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.session.skipping(self._epoch, batch):
