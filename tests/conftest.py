@@ -74,6 +74,18 @@ def assert_identical(result_a, result_b):
     assert history_a == history_b
 
 
+class Interrupt(keras.callbacks.Callback):
+    """Stops training with a KeyboardInterrupt (a Ctrl-C) once the optimizer took `step` steps."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(np.asarray(self.model.optimizer.iterations.numpy())) >= self.step:
+            raise KeyboardInterrupt("simulated interruption")
+
+
 @pytest.fixture
 def ckpt_dir(tmp_path):
     return tmp_path / "run"

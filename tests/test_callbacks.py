@@ -9,19 +9,7 @@ import pytest
 import keras_resume as kr
 from keras_resume import backend
 from keras_resume.directory import as_directory
-from tests.conftest import tiny_data, tiny_model
-
-
-class Interrupt(keras.callbacks.Callback):
-    """Stops training with an exception once the optimizer reached `step` steps."""
-
-    def __init__(self, step):
-        super().__init__()
-        self.step = step
-
-    def on_train_batch_end(self, batch, logs=None):
-        if backend.read_int(self.model.optimizer.iterations) >= self.step:
-            raise KeyboardInterrupt("simulated interruption")
+from tests.conftest import Interrupt, tiny_data, tiny_model
 
 
 def _fit(

@@ -9,17 +9,7 @@ import pytest
 
 import keras_resume as kr
 from keras_resume import backend
-from tests.conftest import tiny_data, tiny_model
-
-
-class Interrupt(keras.callbacks.Callback):
-    def __init__(self, step):
-        super().__init__()
-        self.step = step
-
-    def on_train_batch_end(self, batch, logs=None):
-        if backend.read_int(self.model.optimizer.iterations) >= self.step:
-            raise KeyboardInterrupt
+from tests.conftest import Interrupt, tiny_data, tiny_model
 
 
 class Act(keras.callbacks.Callback):
