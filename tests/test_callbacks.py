@@ -147,21 +147,40 @@ def test_early_stopping_patience_survives_restart(ckpt_dir):
     assert resumed.history == reference.history
 
 
-def test_reduce_lr_state_restored_into_new_instance(ckpt_dir):
-    def plateau():
-        return keras.callbacks.ReduceLROnPlateau(monitor="loss", patience=1, min_delta=100.0)
+class PlateauTrace(keras.callbacks.Callback):
+    """Records ReduceLROnPlateau's state after every epoch (listed after it)."""
 
-    first = plateau()
-    _fit(ckpt_dir, epochs=3, track=[first])
-    second = plateau()
+    def __init__(self, plateau):
+        super().__init__()
+        self.plateau, self.trace = plateau, {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        p = self.plateau
+        lr = float(np.asarray(self.model.optimizer.learning_rate))
+        self.trace[epoch] = (p.wait, p.cooldown_counter, float(p.best), lr)
+
+
+def test_reduce_lr_state_carries_over_exactly(ckpt_dir):
+    x, y = tiny_data()
+
+    def run(run_dir, extra=()):
+        plateau = keras.callbacks.ReduceLROnPlateau(
+            monitor="loss", patience=1, factor=0.5, cooldown=1, min_delta=0.02
+        )
+        trace = PlateauTrace(plateau)  # listed after the plateau callback it watches
+        keras.utils.set_random_seed(0)
+        model = tiny_model()
+        callbacks = kr.CheckpointDirectory(run_dir).callbacks(monitor="loss", track=[plateau])
+        model.fit(x, y, batch_size=8, epochs=6, verbose=0, callbacks=callbacks + [trace, *extra])
+        return trace.trace
+
+    reference = run(ckpt_dir.with_name("ref"))
+    assert len({state[:2] for state in reference.values()}) > 1  # the state really changes
     with pytest.raises(KeyboardInterrupt):
-        # Interrupt at the first step after resuming: state has been put back.
-        _fit(ckpt_dir, epochs=5, track=[second], extra=[Interrupt(13)])
-    assert (second.wait, second.cooldown_counter, second.best) == (
-        first.wait,
-        first.cooldown_counter,
-        first.best,
-    )
+        run(ckpt_dir, extra=[Interrupt(10)])  # newest backup: the end of epoch 1
+    resumed = run(ckpt_dir)
+    assert min(resumed) == 2
+    assert resumed == {e: state for e, state in reference.items() if e >= 2}
 
 
 class CountingCallback(keras.callbacks.Callback):
