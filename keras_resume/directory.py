@@ -202,7 +202,7 @@ class CheckpointDirectory:
         if self.lock.took_over:
             holder = self.lock.took_over
             logger.warning(
-                "Took over the stale lock of %s (pid %s on %s since %s, no longer running)",
+                "Took over the stale lock of %s left by pid %s on %s (since %s)",
                 self.path,
                 holder.get("pid"),
                 holder.get("host"),
@@ -232,12 +232,16 @@ class CheckpointDirectory:
         position: dict,
         logs: dict | None = None,
         update=None,
+        keep: int | None = None,
     ) -> dict:
         """Writes one checkpoint and commits it to the manifest; returns its entry.
 
         `position` holds epoch, step_in_epoch, epoch_complete and global_step.
         `update(manifest, entry)` may change the manifest (best value, history)
-        in the same atomic manifest write as the commit.
+        in the same atomic manifest write as the commit. With `keep`, only the
+        newest `keep` checkpoints of `kind` stay listed in that same write; the
+        others' files are removed after it (a crash in between leaves only
+        unlisted directories, which the next session removes).
         """
         self.acquire_writer()
         manifest = self.read_manifest()
@@ -268,6 +272,7 @@ class CheckpointDirectory:
             manifest["next_id"] = ckpt_id + 1
             if update is not None:
                 update(manifest, entry)
+            doomed = _drop_old(manifest, kind, keep)
             # Each checkpoint describes itself, so a lost manifest can be rebuilt.
             (staged.path / mf.SELF_DESCRIPTION).write_text(
                 json.dumps(mf.self_description(manifest, entry), indent=1, sort_keys=True)
@@ -282,6 +287,8 @@ class CheckpointDirectory:
             if not self._lists(entry):
                 storage.remove(final)
             raise
+        for old_entry in doomed:
+            storage.retire(self.checkpoint_path(old_entry))
         return entry
 
     def _lists(self, entry: dict) -> bool:
@@ -299,26 +306,6 @@ class CheckpointDirectory:
         change(manifest)
         mf.write_manifest(self.manifest_path, manifest)
         return manifest
-
-    def retain(self, kind: str, keep: int, protect: set[int] = frozenset()) -> None:
-        """Keeps the newest `keep` checkpoints of `kind` (and any in `protect`).
-
-        The manifest drops them first, then their files go: a crash in between
-        leaves only unreferenced directories, removed by the next save.
-        """
-        self.acquire_writer()
-        manifest = self.read_manifest()
-        of_kind = mf.checkpoints_of_kind(manifest, kind)
-        doomed = [c for c in of_kind[: max(len(of_kind) - keep, 0)] if c["id"] not in protect]
-        if not doomed:
-            return
-        doomed_ids = {c["id"] for c in doomed}
-        manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c["id"] not in doomed_ids]
-        used = {c["fingerprint"] for c in manifest["checkpoints"]}
-        manifest["fingerprints"] = {k: v for k, v in manifest["fingerprints"].items() if k in used}
-        mf.write_manifest(self.manifest_path, manifest)
-        for entry in doomed:
-            storage.retire(self.checkpoint_path(entry))
 
     # --- the usual set of callbacks -----------------------------------------------
 
@@ -356,6 +343,19 @@ class CheckpointDirectory:
         if track:
             out.append(SchedulerCapture(self, track))
         return out + track
+
+
+def _drop_old(manifest: dict, kind: str, keep: int | None) -> list[dict]:
+    """Unlists all but the newest `keep` checkpoints of `kind`; returns the unlisted."""
+    if keep is None:
+        return []
+    of_kind = mf.checkpoints_of_kind(manifest, kind)
+    doomed = of_kind[: max(len(of_kind) - keep, 0)]
+    doomed_ids = {c["id"] for c in doomed}
+    manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c["id"] not in doomed_ids]
+    used = {c["fingerprint"] for c in manifest["checkpoints"]}
+    manifest["fingerprints"] = {k: v for k, v in manifest["fingerprints"].items() if k in used}
+    return doomed
 
 
 _OPEN: weakref.WeakValueDictionary = weakref.WeakValueDictionary()

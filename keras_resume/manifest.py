@@ -88,11 +88,22 @@ def _fail(path, what: str) -> None:
     )
 
 
-def _check_type(path, where: str, value, types) -> None:
+def type_mismatch(where: str, value, types) -> str | None:
+    """Describes why `value` is not of `types` (a bool is never an int), or None.
+
+    Shared by the manifest schema here and the state.json schema in state/schema.py.
+    """
     types = types if isinstance(types, tuple) else (types,)
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
         names = " or ".join(t.__name__ for t in types)
-        _fail(path, f"{where} must be {names}, got {value!r}")
+        return f"{where} must be {names}, got {value!r:.80}"
+    return None
+
+
+def _check_type(path, where: str, value, types) -> None:
+    problem = type_mismatch(where, value, types)
+    if problem:
+        _fail(path, problem)
 
 
 def _validate_header(manifest, path) -> None:

@@ -128,9 +128,8 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
             }
             mf.record_history(manifest, epoch, logs)
 
-        entry = self.ckpt.commit(self.model, "best", None, position, logs, update)
+        entry = self.ckpt.commit(self.model, "best", None, position, logs, update, keep=self.keep)
         self.best = current
-        self.ckpt.retain("best", self.keep)
         if previous is None:
             previous = float("inf") if mode == "min" else float("-inf")
         message = (

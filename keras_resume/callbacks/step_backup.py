@@ -202,8 +202,7 @@ class StepBackup(SessionCallback):
             if epoch_complete:
                 mf.record_history(manifest, epoch, logs)
 
-        entry = self.ckpt.commit(model, "backup", bundle, position, logs, update)
-        self.ckpt.retain("backup", self.keep)
+        entry = self.ckpt.commit(model, "backup", bundle, position, logs, update, keep=self.keep)
         message = f"Saved backup {entry['dir']} at {where} {epoch + 1}"
         if self.verbose:
             io_utils.print_msg(f"\n{message} to {self.ckpt.path}")

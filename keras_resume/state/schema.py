@@ -9,6 +9,7 @@ KeyError halfway through a restore.
 from __future__ import annotations
 
 from keras_resume.errors import CheckpointCorruptError
+from keras_resume.manifest import type_mismatch
 from keras_resume.state.bundle import STATE_FILE, StateBundle
 
 
@@ -17,10 +18,9 @@ class _Bad(Exception):
 
 
 def _is(value, types, where):
-    types = types if isinstance(types, tuple) else (types,)
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-        names = " or ".join(t.__name__ for t in types)
-        raise _Bad(f"{where} must be {names}, got {value!r:.80}")
+    problem = type_mismatch(where, value, types)
+    if problem:
+        raise _Bad(problem)
     return value
 
 
