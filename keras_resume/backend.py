@@ -44,6 +44,178 @@ def read_int(variable) -> int:
     return int(to_numpy(variable))
 
 
+def host_copy(value) -> np.ndarray:
+    """A numpy array that owns its data: later training steps cannot change it."""
+    array = keras.ops.convert_to_numpy(value)
+    return array if array.flags.owndata else array.copy()
+
+
+# --- Keras's `.weights.h5` layout, written and read outside `save_weights` ------------
+#
+# `model.save_weights` walks the model (`saving_lib._save_state`) and each layer
+# and optimizer puts its variables into a store. We run the same walk with a
+# store that keeps host copies, so the training thread pays only for the copies,
+# and replay them into Keras's own `H5IOStore` later, on the writer thread: the
+# file is the one `save_weights` would have written, and `load_weights` reads it.
+
+
+def _stores():
+    from keras.src.saving import saving_lib
+
+    return saving_lib
+
+
+def _snapshot_store_class():
+    saving_lib = _stores()
+
+    class SnapshotStore(saving_lib.H5IOStore):
+        """Records `make(path, metadata)` and `store[key] = value` as host copies."""
+
+        def __init__(self):  # no file: nothing of H5IOStore's state is used
+            self.entries: list = []
+            self.mode = "w"
+
+        def __bool__(self):
+            return True
+
+        def make(self, path, metadata=None):
+            self._current = (path, dict(metadata) if metadata else None, {})
+            self.entries.append(self._current)
+            return self
+
+        def __setitem__(self, key, value):
+            self._current[2][key] = host_copy(value)
+
+        def __len__(self):
+            return len(self._current[2])
+
+        def keys(self):
+            return self._current[2].keys()
+
+        def __contains__(self, key):
+            return key in self._current[2]
+
+        def close(self):
+            pass
+
+    return SnapshotStore
+
+
+def snapshot_weights(model) -> list[tuple]:
+    """Host copies of everything `model.save_weights` would write, in its layout.
+
+    Returns `[(path, metadata, {key: array})]` in the order Keras writes them.
+    """
+    saving_lib = _stores()
+    store = _snapshot_store_class()()
+    saving_lib._save_state(
+        model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set()
+    )
+    return store.entries
+
+
+def write_weights(entries: list[tuple], filepath) -> None:
+    """Writes a `snapshot_weights` result as the `.weights.h5` file `save_weights` makes."""
+    store = _stores().H5IOStore(str(filepath), mode="w")
+    try:
+        for path, metadata, values in entries:
+            store.make(path, metadata=metadata)
+            for key, value in values.items():
+                store[key] = value
+    finally:
+        store.close()
+
+
+def read_weights(filepath) -> dict[str, dict]:
+    """Every `vars` group of a `.weights.h5` file, as `{path: {key: array}}` in memory."""
+    import h5py
+
+    out: dict[str, dict] = {}
+
+    def read_vars(path: str, group) -> None:
+        # Keras's `H5IOStore.get(path)` reads the "vars" group under `path`.
+        inner = group.get("vars")
+        if not isinstance(inner, h5py.Group):
+            return
+        values = {}
+        for key, dataset in inner.items():
+            if isinstance(dataset, h5py.Dataset):
+                value = dataset[()]
+                if dataset.attrs.get("dtype") == "bfloat16":
+                    import ml_dtypes
+
+                    value = np.array(value, dtype=ml_dtypes.bfloat16)
+                values[key] = np.asarray(value)
+        out[path] = values
+
+    def visit(name, obj) -> None:  # visititems stops at the first non-None return
+        if isinstance(obj, h5py.Group):
+            read_vars(name, obj)
+
+    with h5py.File(str(filepath), "r") as f:
+        read_vars("", f)
+        f.visititems(visit)
+    return out
+
+
+def _memory_store_class():
+    saving_lib = _stores()
+
+    class MemoryStore(saving_lib.H5IOStore):
+        """`H5IOStore` in read mode, served from `read_weights`'s dict."""
+
+        def __init__(self, groups: dict):
+            self.groups = groups
+            self.mode = "r"
+            self._current = {}
+
+        def __bool__(self):
+            return True
+
+        def get(self, path):
+            self._current = self.groups.get(path, {})
+            return self
+
+        def has_path(self, path):
+            return path in self.groups
+
+        def __len__(self):
+            return len(self._current)
+
+        def keys(self):
+            return self._current.keys()
+
+        def __getitem__(self, key):
+            return self._current[key]
+
+        def __contains__(self, key):
+            return key in self._current
+
+        def close(self):
+            pass
+
+    return MemoryStore
+
+
+def assign_weights(model, groups: dict) -> None:
+    """Loads `read_weights`'s dict into `model` as `model.load_weights` would."""
+    saving_lib = _stores()
+    failed: set = set()
+    errors: dict = {}
+    saving_lib._load_state(
+        model,
+        weights_store=_memory_store_class()(groups),
+        assets_store=None,
+        inner_path="",
+        skip_mismatch=False,
+        visited_saveables=set(),
+        failed_saveables=failed,
+        error_msgs=errors,
+    )
+    if failed:
+        saving_lib._raise_loading_failure(errors, warn_only=False)
+
+
 # --- Random number generators owned by the backend -------------------------------
 
 

@@ -6,10 +6,12 @@ manifest), retention, verification with fallback, and the epoch history.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import re
+import threading
 import warnings
 import weakref
 from pathlib import Path
@@ -23,7 +25,8 @@ from keras_resume.errors import (
     NoCheckpointError,
 )
 from keras_resume.state import model_state
-from keras_resume.state.bundle import StateBundle
+from keras_resume.state.bundle import STATE_FILE, StateBundle
+from keras_resume.writer import writer_for
 
 logger = logging.getLogger("keras_resume")
 _CHECKPOINT_DIR = re.compile(r"^(backup|best)-\d{6,}$")
@@ -60,6 +63,7 @@ class CheckpointDirectory:
         self.manifest_path = self.path / mf.MANIFEST_NAME
         self.session = None  # the TrainingSession of the fit call running now
         self.lock = storage.DirectoryLock(self.path)
+        self.writer = writer_for(self.path)
 
     def __repr__(self) -> str:
         return f"CheckpointDirectory({str(self.path)!r})"
@@ -75,6 +79,7 @@ class CheckpointDirectory:
         A missing or damaged manifest beside checkpoint directories is rebuilt
         from their `checkpoint.json` files, with a warning naming the file.
         """
+        self.writer.join()  # a save of this process still committing
         if self.path.exists() and not self.path.is_dir():
             raise NotADirectoryError(
                 f"Checkpoint directory {self.path} is a file. Pass a directory path."
@@ -139,19 +144,17 @@ class CheckpointDirectory:
     def verify(self, entry: dict) -> None:
         """Raises `CheckpointCorruptError` if any file of `entry` is damaged."""
         root = self.checkpoint_path(entry)
+        self._check_location(root)
+        for record in entry["files"]:
+            storage.verify_file(root, record)
+
+    def _check_location(self, root: Path) -> None:
         if root.is_symlink() or not root.resolve().is_relative_to(self.path.resolve()):
             raise CheckpointCorruptError(
                 f"Checkpoint directory {root} points outside {self.path}; refusing to read it."
             )
-        for record in entry["files"]:
-            storage.verify_file(root, record)
 
-    def select(self, which="latest", verify: bool = True) -> dict:
-        """The checkpoint to restore: "latest" backup, "best", or an id.
-
-        With `verify`, damaged checkpoints are skipped with a warning that names
-        the file, falling back to the newest one that verifies.
-        """
+    def _candidates(self, which) -> list[dict]:
         manifest = self.read_manifest()
         if isinstance(which, int) and not isinstance(which, bool):
             candidates = [c for c in manifest["checkpoints"] if c["id"] == which]
@@ -172,19 +175,83 @@ class CheckpointDirectory:
                 f"{'found' if self.manifest_path.exists() else 'missing'}). Train with "
                 "StepBackup/BestCheckpoint first, or check the path."
             )
+        return candidates
+
+    def _first_good(self, which, read):
+        """`read(entry)` for the newest candidate that does not raise CheckpointCorruptError."""
+        self.wait()  # a save of this process still committing
         errors = []
-        for entry in candidates:
+        for entry in self._candidates(which):
             try:
-                if verify:
-                    self.verify(entry)
-                return entry
+                return read(entry)
             except CheckpointCorruptError as e:
                 errors.append(str(e))
-                warnings.warn(f"Skipping damaged checkpoint {entry['dir']}: {e}", stacklevel=2)
+                warnings.warn(f"Skipping damaged checkpoint {entry['dir']}: {e}", stacklevel=3)
         raise CheckpointCorruptError(
             f"No {which!r} checkpoint in {self.path} verifies; nothing was deleted.\n  "
             + "\n  ".join(errors)
         )
+
+    def select(self, which="latest", verify: bool = True) -> dict:
+        """The checkpoint to restore: "latest" backup, "best", or an id.
+
+        With `verify`, damaged checkpoints are skipped with a warning that names
+        the file, falling back to the newest one that verifies.
+        """
+
+        def check(entry):
+            if verify:
+                self.verify(entry)
+            return entry
+
+        return self._first_good(which, check)
+
+    def read_checkpoint(self, which="latest", verify: bool = True) -> LoadedCheckpoint:
+        """Reads a checkpoint into memory, falling back as `select` does.
+
+        The checksums are computed on another thread while the files are read
+        (hashing releases the GIL), so verifying costs little on top of reading;
+        nothing is returned, and so nothing loaded, unless they match.
+        """
+        return self._first_good(which, lambda entry: self._read(entry, verify))
+
+    def _read(self, entry: dict, verify: bool) -> LoadedCheckpoint:
+        root = self.checkpoint_path(entry)
+        problems: list[BaseException] = []
+        checker = None
+        if verify:
+            self._check_location(root)
+            for record in entry["files"]:  # cheap: missing or resized files first
+                storage.check_size(root, record)
+
+            def check():
+                try:
+                    self.verify(entry)
+                except BaseException as e:  # reported below, on this thread
+                    problems.append(e)
+
+            checker = threading.Thread(target=check, name="keras_resume verify")
+            checker.start()
+        try:
+            weights = model_state.read_weights(root)
+            has_bundle = any(f["path"] == STATE_FILE for f in entry["files"])
+            bundle = StateBundle.read(root) if has_bundle else None
+        except CheckpointCorruptError as e:
+            read_error = e
+        except Exception as e:  # noqa: BLE001 - h5py raises many types for damage
+            read_error = CheckpointCorruptError(
+                f"Cannot read checkpoint {root} ({type(e).__name__}: {e}). Resume from "
+                "another checkpoint."
+            )
+        else:
+            read_error = None
+        if checker is not None:
+            checker.join()
+        if problems:  # the checksum names the damaged file: report it first
+            raise problems[0]
+        if read_error is not None:
+            raise read_error
+        return LoadedCheckpoint(entry, weights, bundle)
 
     def load_state(self, entry: dict) -> StateBundle:
         return StateBundle.read(self.checkpoint_path(entry))
@@ -214,6 +281,7 @@ class CheckpointDirectory:
 
     def clean_leftovers(self) -> None:
         """Removes staging and uncommitted checkpoint directories of a crashed save."""
+        self.wait()
         if not self.path.is_dir():
             return
         committed = {c["dir"] for c in self.read_manifest()["checkpoints"]}
@@ -234,45 +302,87 @@ class CheckpointDirectory:
         update=None,
         keep: int | None = None,
     ) -> dict:
-        """Writes one checkpoint and commits it to the manifest; returns its entry.
+        """Snapshots and commits one checkpoint, on this thread; returns its entry.
+
+        See `snapshot` for the arguments. Callbacks use `snapshot` and `write`
+        separately, to write on the background writer.
+        """
+        self.wait()
+        return self.write(self.snapshot(model, kind, bundle, position, logs, update, keep))
+
+    def snapshot(
+        self,
+        model,
+        kind: str,
+        bundle: StateBundle | None,
+        position: dict,
+        logs: dict | None = None,
+        update=None,
+        keep: int | None = None,
+        weights: list | None = None,
+    ) -> PendingCheckpoint:
+        """Takes what a checkpoint needs from `model` now, as host copies.
 
         `position` holds epoch, step_in_epoch, epoch_complete and global_step.
         `update(manifest, entry)` may change the manifest (best value, history)
-        in the same atomic manifest write as the commit. With `keep`, only the
-        newest `keep` checkpoints of `kind` stay listed in that same write; the
-        others' files are removed after it (a crash in between leaves only
-        unlisted directories, which the next session removes).
+        in the same atomic manifest write as the commit; it runs on the writer
+        thread, so it must only use values fixed now. With `keep`, only the
+        newest `keep` checkpoints of `kind` stay listed. `weights` is a
+        `model_state.snapshot_weights` result to reuse (taken at this instant).
+        """
+        fp = model_state.fingerprint(model)
+        return PendingCheckpoint(
+            kind=kind,
+            weights=weights if weights is not None else model_state.snapshot_weights(model),
+            bundle=bundle,
+            position=dict(position),
+            logs=mf.json_safe_logs(logs),
+            update=update,
+            keep=keep,
+            fingerprint=fp,
+            created=mf.utc_now(),
+        )
+
+    def write(self, pending: PendingCheckpoint) -> dict:
+        """Writes a snapshot and commits it to the manifest; returns its entry.
+
+        Stages the files, fsyncs them, renames the directory, then writes the
+        manifest: the commit point. The newest `keep` checkpoints of the kind
+        stay listed in that same write; the others' files are removed after it
+        (a crash in between leaves only unlisted directories, which the next
+        session removes).
         """
         self.acquire_writer()
         manifest = self.read_manifest()
         ckpt_id = manifest["next_id"]
+        kind = pending.kind
         name = f"{kind}-{ckpt_id:06d}"
         # An id at or above next_id is never in the manifest: only a crash
         # between rename and manifest write leaves such a directory.
         storage.remove(self.path / name)
-        fp = model_state.fingerprint(model)
+        fp = pending.fingerprint
         fp_id = model_state.fingerprint_id(fp)
         with storage.StagedDirectory(self.path, name) as staged:
-            files = [model_state.save_weights(model, staged.path)]
-            if bundle is not None:
-                files += bundle.write(staged.path)
+            files = [model_state.write_weights(pending.weights, staged.path)]
+            if pending.bundle is not None:
+                files += pending.bundle.write(staged.path)
             entry = {
                 "id": ckpt_id,
                 "dir": name,
                 "kind": kind,
-                **position,
-                "logs": mf.json_safe_logs(logs),
+                **pending.position,
+                "logs": pending.logs,
                 "files": [storage.file_record(staged.path, f) for f in files],
-                "created": mf.utc_now(),
+                "created": pending.created,
                 "versions": backend.versions(),
                 "fingerprint": fp_id,
             }
             manifest["fingerprints"][fp_id] = fp
             manifest["checkpoints"].append(entry)
             manifest["next_id"] = ckpt_id + 1
-            if update is not None:
-                update(manifest, entry)
-            doomed = _drop_old(manifest, kind, keep)
+            if pending.update is not None:
+                pending.update(manifest, entry)
+            doomed = _drop_old(manifest, kind, pending.keep)
             # Each checkpoint describes itself, so a lost manifest can be rebuilt.
             (staged.path / mf.SELF_DESCRIPTION).write_text(
                 json.dumps(mf.self_description(manifest, entry), indent=1, sort_keys=True)
@@ -291,6 +401,10 @@ class CheckpointDirectory:
             storage.retire(self.checkpoint_path(old_entry))
         return entry
 
+    def wait(self) -> None:
+        """Waits for a save of this process still being written here; reports its outcome."""
+        self.writer.wait()
+
     def _lists(self, entry: dict) -> bool:
         """Whether the manifest on disk lists `entry` (True when that cannot be told)."""
         try:
@@ -300,7 +414,10 @@ class CheckpointDirectory:
         return any(c["dir"] == entry["dir"] for c in manifest["checkpoints"])
 
     def update_manifest(self, change) -> dict:
-        """Applies `change(manifest)` and writes the manifest atomically."""
+        """Applies `change(manifest)` and writes the manifest atomically.
+
+        On the writer thread only (or after `wait()`): it must not race a save.
+        """
         self.acquire_writer()
         manifest = self.read_manifest()
         change(manifest)
@@ -343,6 +460,30 @@ class CheckpointDirectory:
         if track:
             out.append(SchedulerCapture(self, track))
         return out + track
+
+
+@dataclasses.dataclass
+class PendingCheckpoint:
+    """A checkpoint taken but not yet written: host copies and the manifest entry's facts."""
+
+    kind: str
+    weights: list
+    bundle: StateBundle | None
+    position: dict
+    logs: dict
+    update: object
+    keep: int | None
+    fingerprint: dict
+    created: str
+
+
+@dataclasses.dataclass
+class LoadedCheckpoint:
+    """A checkpoint read into memory (and verified): its entry, weights and state."""
+
+    entry: dict
+    weights: dict
+    bundle: StateBundle | None
 
 
 def _drop_old(manifest: dict, kind: str, keep: int | None) -> list[dict]:

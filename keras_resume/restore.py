@@ -6,9 +6,8 @@ import dataclasses
 import warnings
 
 from keras_resume import manifest as mf
-from keras_resume.directory import CheckpointDirectory, as_directory
+from keras_resume.directory import CheckpointDirectory, LoadedCheckpoint, as_directory
 from keras_resume.state import model_state, rng_state, schema
-from keras_resume.state.bundle import StateBundle
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,20 +37,19 @@ class RestoreInfo:
     logs: dict
 
 
-def load_into_model(model, ckpt: CheckpointDirectory, entry: dict) -> StateBundle | None:
-    """Checks, then loads weights, optimizer and SeedGenerator states of `entry`.
+def load_into_model(model, ckpt: CheckpointDirectory, loaded: LoadedCheckpoint):
+    """Checks, then loads weights, optimizer and SeedGenerator states of a read checkpoint.
 
     Nothing changes in `model` unless every variable matches. Returns the
     checkpoint's state bundle (None for a weights-only checkpoint).
     """
+    entry, bundle = loaded.entry, loaded.bundle
     where = str(ckpt.checkpoint_path(entry))
     model_state.ensure_built(model, where)
     model_state.check_compatible(ckpt.fingerprint_of(entry), model, where)
-    has_bundle = any(f["path"] == "state.json" for f in entry["files"])
-    bundle = ckpt.load_state(entry) if has_bundle else None
     if bundle is not None:
         schema.check_bundle(bundle, ckpt.checkpoint_path(entry))
-    model_state.load_weights(model, ckpt.checkpoint_path(entry))
+    model_state.assign_weights(model, loaded.weights)
     if bundle is not None and "seed_generators" in bundle.meta:
         problems = rng_state.restore_seed_generators(model, bundle)
         if problems:
@@ -111,6 +109,6 @@ def restore(model, ckpt, which="latest", verify: bool = True) -> RestoreInfo:
         CheckpointMismatchError: the model's variables differ (nothing loaded).
     """
     ckpt = as_directory(ckpt)
-    entry = ckpt.select(which, verify=verify)
-    load_into_model(model, ckpt, entry)
-    return info_for(ckpt, entry)
+    loaded = ckpt.read_checkpoint(which, verify=verify)
+    load_into_model(model, ckpt, loaded)
+    return info_for(ckpt, loaded.entry)

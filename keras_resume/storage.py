@@ -75,6 +75,18 @@ def file_record(root: Path, relpath: str) -> dict:
 
 def verify_file(root: Path, record: dict) -> None:
     """Raises `CheckpointCorruptError` if a file is missing, resized or changed."""
+    check_size(root, record)
+    full = root / record["path"]
+    actual = sha256_file(full)
+    if actual != record["sha256"]:
+        raise CheckpointCorruptError(
+            f"Checkpoint file {full} fails its checksum: sha256 {actual}, expected "
+            f"{record['sha256']}. Resume from another checkpoint."
+        )
+
+
+def check_size(root: Path, record: dict) -> None:
+    """Raises `CheckpointCorruptError` if a file is missing or has another size."""
     full = root / record["path"]
     if not full.is_file():
         raise CheckpointCorruptError(
@@ -86,12 +98,6 @@ def verify_file(root: Path, record: dict) -> None:
         raise CheckpointCorruptError(
             f"Checkpoint file {full} has {size} bytes, expected {record['size']} "
             "(truncated or overwritten). Resume from another checkpoint."
-        )
-    actual = sha256_file(full)
-    if actual != record["sha256"]:
-        raise CheckpointCorruptError(
-            f"Checkpoint file {full} fails its checksum: sha256 {actual}, expected "
-            f"{record['sha256']}. Resume from another checkpoint."
         )
 
 

@@ -254,21 +254,22 @@ def test_kill_between_best_and_backup_commit_loses_no_best(ckpt_dir, monkeypatch
     _, ref = _fit(ckpt_dir.with_name("ref"), epochs=3)
     ref_best = kr.CheckpointDirectory(ckpt_dir.with_name("ref")).best()
     directory = as_directory(ckpt_dir)  # the object every callback on this path shares
-    original = directory.commit
+    original = directory.write
     calls = []
 
-    def commit_then_die(model, kind, bundle, position, *args, **kwargs):
+    def write_then_die(pending):
         # Dies at the backup that completes the best epoch, after its best commit.
+        position = pending.position
         if (
-            kind == "backup"
+            pending.kind == "backup"
             and position["epoch_complete"]
             and (position["epoch"] == ref_best["epoch"])
         ):
             raise KeyboardInterrupt("killed between the two commits")
-        calls.append(kind)
-        return original(model, kind, bundle, position, *args, **kwargs)
+        calls.append(pending.kind)
+        return original(pending)
 
-    monkeypatch.setattr(directory, "commit", commit_then_die)
+    monkeypatch.setattr(directory, "write", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         _fit(ckpt_dir, epochs=3)
     assert calls[-1] == "best"

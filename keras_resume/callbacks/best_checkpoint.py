@@ -45,6 +45,8 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
         on_error: `"raise"` a `SaveError` when a save fails, or `"warn"` and
             keep training; the previous checkpoint is intact either way.
             Defaults to `"raise"`.
+        background: write on a background thread (see `StepBackup`).
+            Defaults to True.
         verbose: 1 prints one line per save. Defaults to 0.
     """
 
@@ -59,6 +61,7 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
         min_delta: float = 0,
         keep: int = 1,
         on_error: str = "raise",
+        background: bool = True,
         verbose: int = 0,
     ):
         super().__init__(
@@ -72,6 +75,7 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
         check_positive_int("keep", keep, allow_none=False)
         self.initial_value_threshold = initial_value_threshold
         self.keep = keep
+        self.background = bool(background)
         self.verbose = verbose
 
     def on_train_begin(self, logs=None):
@@ -97,15 +101,12 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
             self._set_monitor_op()
         if current is not None and not math.isnan(float(current)):
             if self._is_improvement(float(current), self.best):
-                self.attempt(
-                    f"best checkpoint of epoch {epoch + 1}",
-                    lambda: self._save(epoch, float(current), logs),
-                )
-                self._sync_best()  # a save that failed late may still have committed
+                self._save(epoch, float(current), logs)
                 return
-        self.attempt(
+        logs = mf.json_safe_logs(logs)
+        self.save(
             f"history of epoch {epoch + 1}",
-            lambda: self.ckpt.update_manifest(lambda m: mf.record_history(m, epoch, logs)),
+            lambda: lambda: self.ckpt.update_manifest(lambda m: mf.record_history(m, epoch, logs)),
         )
 
     def _save(self, epoch: int, current: float, logs: dict) -> None:
@@ -117,10 +118,12 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
             "global_step": backend.read_int(self.model.optimizer.iterations),
         }
         mode = "min" if self.monitor_op is ops.less else "max"
+        monitor = self.monitor
+        logs = mf.json_safe_logs(logs)
 
         def update(manifest, entry):
             manifest["best"] = {
-                "monitor": self.monitor,
+                "monitor": monitor,
                 "mode": mode,
                 "value": current,
                 "epoch": epoch,
@@ -128,14 +131,39 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
             }
             mf.record_history(manifest, epoch, logs)
 
-        entry = self.ckpt.commit(self.model, "best", None, position, logs, update, keep=self.keep)
+        def prepare():
+            pending = self.ckpt.snapshot(
+                self.model,
+                "best",
+                None,
+                position,
+                logs,
+                update,
+                keep=self.keep,
+                weights=self.snapshot_weights(),
+            )
+            return lambda: self.ckpt.write(pending)
+
+        def done(entry):
+            was = previous
+            if was is None:
+                was = float("inf") if mode == "min" else float("-inf")
+            message = (
+                f"Epoch {epoch + 1}: {monitor} improved from {was:.5f} to "
+                f"{current:.5f}; saved {entry['dir']}"
+            )
+            if self.verbose:
+                io_utils.print_msg(f"\n{message} in {self.ckpt.path}")
+            logger.info("%s in %s", message, self.ckpt.path)
+
+        # The next epoch compares with this value; a failed save puts back the
+        # manifest's value (`_failed`).
         self.best = current
-        if previous is None:
-            previous = float("inf") if mode == "min" else float("-inf")
-        message = (
-            f"Epoch {epoch + 1}: {self.monitor} improved from {previous:.5f} to "
-            f"{current:.5f}; saved {entry['dir']}"
-        )
-        if self.verbose:
-            io_utils.print_msg(f"\n{message} in {self.ckpt.path}")
-        logger.info("%s in %s", message, self.ckpt.path)
+        self.save(f"best checkpoint of epoch {epoch + 1}", prepare, on_done=done)
+
+    def _failed(self, what, e):
+        try:  # a save that failed late may still have committed: the manifest decides
+            self.best = self.initial_value_threshold
+            self._sync_best()
+        finally:
+            super()._failed(what, e)

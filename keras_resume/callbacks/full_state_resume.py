@@ -65,14 +65,15 @@ class FullStateResume(SessionCallback):
         self._history_done = True
         self._bundle = None
         try:
-            entry = self.ckpt.select("latest", verify=self.verify)
+            loaded = self.ckpt.read_checkpoint("latest", verify=self.verify)
         except NoCheckpointError:
             logger.info("No backup in %s: starting a new run", self.ckpt.path)
             return
+        entry = loaded.entry
         info = info_for(self.ckpt, entry)
         epoch, step = info.initial_epoch, info.initial_step
         self._check_steps_per_execution(entry, step)
-        bundle = load_into_model(self.model, self.ckpt, entry)
+        bundle = load_into_model(self.model, self.ckpt, loaded)
         if entry.get("training_stopped"):
             epoch, step = max(self.params.get("epochs", epoch), epoch), 0
         self._warn_missing(bundle, entry)

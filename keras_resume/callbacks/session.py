@@ -33,6 +33,7 @@ class TrainingSession:
         self.cleanups: list = []  # undo what a callback changed in the model, run at close
         ckpt.acquire_writer()
         ckpt.clean_leftovers()
+        self._wait_on_error()
         self.tracker = DataTracker(model, epoch_iterator)
         # Set by FullStateResume: batches [0, skip_steps) of skip_epoch were
         # trained before the interruption and are only drawn, not trained.
@@ -58,8 +59,36 @@ class TrainingSession:
         The epoch-end backup marks the epoch complete, so it is committed only
         after the best checkpoint: a kill between the two replays the epoch.
         """
-        for callback in sorted(self.members, key=lambda c: c.epoch_end_order):
-            callback._flush_epoch_end()
+        # Taken at one instant: the saves share one snapshot and one writer job.
+        with self.ckpt.writer.group():
+            for callback in sorted(self.members, key=lambda c: c.epoch_end_order):
+                callback._flush_epoch_end()
+
+    def _wait_on_error(self) -> None:
+        """Makes an exception inside a training step wait for the save in flight.
+
+        `fit` calls no callback when it raises (Ctrl-C, an OOM): the wrapper
+        lets the background save commit before the exception leaves `fit`.
+        """
+        model, writer = self.model, self.ckpt.writer
+        original = model.train_function
+
+        def train_function(data):
+            try:
+                return original(data)
+            except BaseException:
+                if writer.busy:
+                    logger.warning("Training raised; waiting for the save in flight to commit")
+                writer.discard_outcome()
+                raise
+
+        def put_back():
+            if model.train_function is train_function:
+                model.train_function = original
+
+        if original is not None:
+            model.train_function = train_function
+            self.cleanups.append(put_back)
 
     def end(self, callback) -> None:
         """Called from each member's `on_train_end`; the last one closes the session."""
@@ -68,10 +97,22 @@ class TrainingSession:
         if all(id(c) in self.ended for c in self.members):
             self.close()
 
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            for cleanup in self.cleanups:
+    def close(self, report: bool = True) -> None:
+        """Waits for the save in flight, undoes changes to the model, releases the lock.
+
+        With `report`, a failed last save raises here (as its callback's
+        `on_error` says); otherwise (a `fit` that raised) it is only logged.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if report:
+                self.ckpt.writer.wait()
+            else:
+                self.ckpt.writer.discard_outcome()
+        finally:
+            for cleanup in reversed(self.cleanups):  # the last wrapper comes off first
                 cleanup()
             self.tracker.detach()
             self.ckpt.release_writer()
@@ -98,7 +139,7 @@ def join(ckpt: CheckpointDirectory, callback) -> TrainingSession:
     )
     if not same_fit:
         if session is not None:
-            session.close()
+            session.close(report=False)
         session = TrainingSession(ckpt, callback.model, iterator)
         ckpt.session = session
     if all(c is not callback for c in session.members):
@@ -117,6 +158,8 @@ class SessionCallback(keras.callbacks.Callback):
     """
 
     epoch_end_order = 2  # BestCheckpoint 0, StepBackup 1: see flush_epoch_end
+
+    background = True  # saves run on the directory's background writer
 
     def __init__(self, ckpt, on_error: str = "raise", **kwargs):
         super().__init__(**kwargs)
@@ -154,30 +197,57 @@ class SessionCallback(keras.callbacks.Callback):
     def after_epoch(self, epoch: int, logs: dict) -> None:
         """End-of-epoch work, run after every callback's `on_epoch_end`."""
 
+    def save(self, what: str, prepare, on_done=None, background: bool = True) -> None:
+        """Takes a save: `prepare()` snapshots now and returns the write to run.
+
+        The write runs on the directory's background writer (at most one in
+        flight: this waits for the previous one first). `on_done(result)` runs
+        on the training thread once it committed; a failure is handled as
+        `on_error` says, on the training thread too.
+        """
+        self.ckpt.writer.submit(
+            what,
+            prepare,
+            on_done=on_done,
+            on_error=lambda e: self._failed(what, e),
+            background=background and self.background,
+        )
+
+    def snapshot_weights(self):
+        """The model's weights now; one snapshot shared by the saves of one instant."""
+        model = self.model
+        return self.ckpt.writer.shared(
+            ("weights", id(model)), lambda: model_state.snapshot_weights(model)
+        )
+
     def attempt(self, what: str, save) -> None:
-        """Runs `save()`; a failure raises `SaveError` or warns, as `on_error` says.
+        """Runs `save()` on this thread; a failure is handled as `on_error` says."""
+        try:
+            save()
+        except Exception as e:
+            self._failed(what, e)
+
+    def _failed(self, what: str, e: BaseException) -> None:
+        """A save failed: raises `SaveError` or warns, as `on_error` says.
 
         The commit protocol already guarantees that a failed save removed its
         partial files and left the previous checkpoint intact.
         """
-        try:
-            save()
-        except DirectoryLockedError:
-            raise
-        except Exception as e:
-            error = SaveError(
-                f"Could not save the {what} to {self.ckpt.path}: {type(e).__name__}: {e}. "
-                "The previous checkpoint is intact. Free disk space or fix the I/O error"
-                + (
-                    "; training continues without this checkpoint."
-                    if self.on_error == "warn"
-                    else ", or pass on_error='warn' to keep training without it."
-                )
+        if isinstance(e, DirectoryLockedError) or not isinstance(e, Exception):
+            raise e
+        error = SaveError(
+            f"Could not save the {what} to {self.ckpt.path}: {type(e).__name__}: {e}. "
+            "The previous checkpoint is intact. Free disk space or fix the I/O error"
+            + (
+                "; training continues without this checkpoint."
+                if self.on_error == "warn"
+                else ", or pass on_error='warn' to keep training without it."
             )
-            if self.on_error == "raise" or not isinstance(e, (OSError, KerasResumeError)):
-                raise error from e
-            logger.error("%s", error)
-            warnings.warn(str(error), stacklevel=3)
+        )
+        if self.on_error == "raise" or not isinstance(e, (OSError, KerasResumeError)):
+            raise error from e
+        logger.error("%s", error)
+        warnings.warn(str(error), stacklevel=3)
 
 
 def check_positive_int(name: str, value, allow_none: bool) -> None:

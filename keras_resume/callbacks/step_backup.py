@@ -53,6 +53,10 @@ class StepBackup(SessionCallback):
         save_on_sigterm: on SIGTERM (what schedulers send before a kill), save
             a full checkpoint at the next step boundary and exit with status
             143 (`keras_resume.EXIT_PREEMPTED`). Defaults to True.
+        background: write backups on a background thread: training is
+            blocked only while the state is copied to host memory. At most one
+            save is in flight; a backup that comes due while the previous one
+            is still writing waits for it. Defaults to True.
         verbose: 1 prints one line per backup. Defaults to 0.
     """
 
@@ -65,9 +69,11 @@ class StepBackup(SessionCallback):
         keep: int = 2,
         on_error: str = "raise",
         save_on_sigterm: bool = True,
+        background: bool = True,
         verbose: int = 0,
     ):
         super().__init__(ckpt, on_error=on_error)
+        self.background = bool(background)
         check_positive_int("every_n_steps", every_n_steps, allow_none=True)
         check_positive_int("keep", keep, allow_none=False)
         self.every_n_steps = every_n_steps
@@ -99,6 +105,7 @@ class StepBackup(SessionCallback):
         self._trained_in_epoch = session.skip_steps if session.skip_epoch == epoch else 0
 
     def on_train_batch_begin(self, batch, logs=None):
+        self.ckpt.writer.poll()  # a background save that failed raises here
         if self.session.skipping(self._epoch, batch):
             return
         if self._preempted():
@@ -122,8 +129,11 @@ class StepBackup(SessionCallback):
         return self.preemption is not None and self.preemption.requested
 
     def _save_for_preemption(self, epoch: int, step: int) -> bool:
+        where = f"step {step} of epoch"
         try:
-            self._write(epoch, step, False, None, f"step {step} of epoch")
+            self.ckpt.wait()
+            write = self._snapshot(epoch, step, False, None)
+            self._announce(write(), where, epoch)  # on this thread: we exit next
             return True
         except Exception as e:  # the exit status must still say "preempted"
             logger.error("Could not save on SIGTERM to %s: %s", self.ckpt.path, e)
@@ -131,6 +141,8 @@ class StepBackup(SessionCallback):
 
     def _exit_preempted(self, where: str, saved: bool | None) -> None:
         self.preemption.uninstall()
+        if self.ckpt.writer.discard_outcome() is not None and saved:
+            saved = False  # the epoch-end backup, written in the background, failed
         if saved:
             what = f"saved a full checkpoint {where} in {self.ckpt.path}"
         elif saved is None:
@@ -182,12 +194,14 @@ class StepBackup(SessionCallback):
 
     def _save(self, epoch: int, step: int, epoch_complete: bool, logs) -> None:
         where = "end of epoch" if epoch_complete else f"step {step} of epoch"
-        self.attempt(
+        self.save(
             f"backup at {where} {epoch + 1}",
-            lambda: self._write(epoch, step, epoch_complete, logs, where),
+            lambda: self._snapshot(epoch, step, epoch_complete, logs),
+            on_done=lambda entry: self._announce(entry, where, epoch),
         )
 
-    def _write(self, epoch: int, step: int, epoch_complete: bool, logs, where: str) -> None:
+    def _snapshot(self, epoch: int, step: int, epoch_complete: bool, logs):
+        """Takes the backup's state now; returns the write for the background writer."""
         model = self.model
         position = {
             "epoch": epoch,
@@ -197,12 +211,25 @@ class StepBackup(SessionCallback):
             "training_stopped": bool(epoch_complete and model.stop_training),
         }
         bundle = self.session.capture(mid_epoch=not epoch_complete)
+        logs = mf.json_safe_logs(logs)
 
         def update(manifest, entry):
             if epoch_complete:
                 mf.record_history(manifest, epoch, logs)
 
-        entry = self.ckpt.commit(model, "backup", bundle, position, logs, update, keep=self.keep)
+        pending = self.ckpt.snapshot(
+            model,
+            "backup",
+            bundle,
+            position,
+            logs,
+            update,
+            keep=self.keep,
+            weights=self.snapshot_weights(),
+        )
+        return lambda: self.ckpt.write(pending)
+
+    def _announce(self, entry: dict, where: str, epoch: int) -> None:
         message = f"Saved backup {entry['dir']} at {where} {epoch + 1}"
         if self.verbose:
             io_utils.print_msg(f"\n{message} to {self.ckpt.path}")

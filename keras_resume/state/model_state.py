@@ -89,13 +89,25 @@ def check_compatible(saved: dict, model, where: str, with_optimizer: bool = True
         )
 
 
-def save_weights(model, directory: Path) -> str:
-    model.save_weights(str(directory / WEIGHTS_FILE))
+def snapshot_weights(model) -> list:
+    """Host copies of the model and optimizer variables, as `save_weights` lays them out."""
+    return backend.snapshot_weights(model)
+
+
+def write_weights(snapshot: list, directory: Path) -> str:
+    """Writes a snapshot as `model.weights.h5`, the file `model.save_weights` writes."""
+    backend.write_weights(snapshot, directory / WEIGHTS_FILE)
     return WEIGHTS_FILE
 
 
-def load_weights(model, directory: Path) -> None:
-    model.load_weights(str(directory / WEIGHTS_FILE))
+def read_weights(directory: Path) -> dict:
+    """Reads `model.weights.h5` into memory (nothing is assigned)."""
+    return backend.read_weights(directory / WEIGHTS_FILE)
+
+
+def assign_weights(model, weights: dict) -> None:
+    """Assigns weights read by `read_weights`, as `model.load_weights` would."""
+    backend.assign_weights(model, weights)
 
 
 def capture_metrics(model, bundle: StateBundle) -> None:
