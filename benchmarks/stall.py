@@ -1,11 +1,22 @@
 """How long each checkpointing callback blocks training, side by side in one process.
 
 One model per size (a dense stack with Adam), the same data, every contender in
-turn: no checkpointing, keras_resume (StepBackup + RngCapture), Keras
-BackupAndRestore(save_freq=N) and ModelCheckpoint(save_weights_only=True,
-save_freq=N). Figures: stall per save (time inside the save hook), fit wall time
-versus no checkpointing, restore time versus `model.load_weights`, bytes on disk
-versus raw state bytes, and the floor: a bare host copy of every variable.
+turn: no checkpointing, keras_resume (StepBackup + RngCapture; background
+writer, and with `background=False`), Keras BackupAndRestore(save_freq=N),
+ModelCheckpoint(save_weights_only=True, save_freq=N) and OrbaxCheckpoint
+(save_freq=N, when orbax-checkpoint is installed: `pip install -e ".[bench]"`).
+
+Figures per contender:
+- stall per save: the time the training loop is blocked in the save hook (for
+  keras_resume: waiting for the previous save, if still writing, plus the host
+  copy), mean over the run's saves;
+- the floor: a bare host copy of every variable (`np.array(v.numpy())`);
+- fit overhead: wall time of `fit` versus the faster of two runs without
+  checkpointing (it includes the wait for the last save at the end of `fit`);
+- restore: keras_resume's `restore` (which verifies checksums) versus
+  `model.load_weights` of the same `.weights.h5` file, best of 3 each;
+- bytes on disk versus the raw bytes of the variables;
+- peak RSS above the run without checkpointing (Linux VmHWM, reset per run).
 
     python benchmarks/stall.py --params 1e6 25e6 --every 20 --saves 5 --json stall.json
 """
@@ -30,7 +41,6 @@ import numpy as np  # noqa: E402
 import keras_resume as kr  # noqa: E402
 
 SHAPES = {1e6: (512, 4), 25e6: (2048, 6), 100e6: (4096, 6)}  # width, depth
-BATCH = 32
 
 
 def build(params: float):
@@ -71,13 +81,28 @@ def timed(obj, name, sink):
     setattr(obj, name, wrapper)
 
 
+def orbax_available() -> bool:
+    try:
+        import orbax.checkpoint  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def contender(name, directory: Path, every: int, stalls: list):
     if name == "none":
         return []
-    if name == "keras_resume":
-        backup = kr.StepBackup(directory, every_n_steps=every, keep=1)
+    if name.startswith("keras_resume"):
+        background = name == "keras_resume"
+        backup = kr.StepBackup(directory, every_n_steps=every, keep=1, background=background)
         timed(backup, "_save", stalls)
         return [backup, kr.RngCapture(directory)]
+    if name == "OrbaxCheckpoint":
+        callback = keras.callbacks.OrbaxCheckpoint(
+            str(directory.resolve()), save_freq=every, save_weights_only=True, max_to_keep=1
+        )
+        timed(callback, "_save_checkpoint", stalls)
+        return [callback]
     if name == "BackupAndRestore":
         callback = keras.callbacks.BackupAndRestore(
             str(directory), save_freq=every, delete_checkpoint=False
@@ -98,57 +123,92 @@ def disk_bytes(directory: Path) -> int:
     )
 
 
-def run_size(params: float, every: int, saves: int, workdir: Path) -> list[dict]:
+def reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as f:  # "5": reset VmHWM to the current RSS
+        f.write("5")
+
+
+def peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def run_size(params: float, every: int, saves: int, batch: int, workdir: Path) -> list[dict]:
     width, _ = SHAPES[params]
     steps = every * saves
-    x = np.random.RandomState(0).normal(size=(steps * BATCH, width)).astype("float32")
+    x = np.random.RandomState(0).normal(size=(steps * batch, width)).astype("float32")
     rows = []
     model = build(params)
-    model.fit(x[:BATCH], x[:BATCH], batch_size=BATCH, epochs=1, verbose=0)  # build and trace
+    model.fit(x[:batch], x[:batch], batch_size=batch, epochs=1, verbose=0)  # build and trace
     raw = sum(np.array(v.numpy()).nbytes for v in state_variables(model))
     floor = host_copy_seconds(model)
+    names = ["keras_resume", "keras_resume_sync", "BackupAndRestore", "ModelCheckpoint"]
+    if orbax_available():
+        names.append("OrbaxCheckpoint")
     # "none" runs first and last: the baseline is the faster of the two, so a
     # warm-up or a noisy neighbour does not flatter the contenders.
-    for name in ("none", "keras_resume", "BackupAndRestore", "ModelCheckpoint", "none"):
+    for name in ["none", *names, "none"]:
         directory = workdir / f"{int(params)}-{name}"
         stalls: list[float] = []
         callbacks = contender(name, directory, every, stalls)
+        reset_peak_rss()
         start = time.perf_counter()
-        model.fit(x, x, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+        model.fit(x, x, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
         wall = time.perf_counter() - start
         row = {
             "params": int(sum(np.prod(v.shape) for v in model.weights)),
             "contender": name,
+            "batch": batch,
             "fit_s": round(wall, 3),
             "saves": len(stalls),
             "stall_per_save_s": round(float(np.mean(stalls)), 4) if stalls else 0.0,
             "raw_state_bytes": raw,
             "host_copy_s": round(floor, 4),
+            "peak_rss_bytes": peak_rss(),
         }
         if name != "none":
             row["disk_bytes"] = disk_bytes(directory)
-            row["restore_s"] = round(restore_seconds(name, params, directory), 4)
+            if name != "OrbaxCheckpoint":
+                row.update(restore_seconds(name, params, directory))
         rows.append(row)
         shutil.rmtree(directory, ignore_errors=True)
-    base = min(rows[0]["fit_s"], rows[-1]["fit_s"])
+    base_row = min((rows[0], rows[-1]), key=lambda r: r["fit_s"])
     rows = rows[:-1]
-    rows[0]["fit_s"] = base
+    rows[0] = base_row
     for row in rows:
-        row["overhead_vs_none"] = round(row["fit_s"] / base - 1, 3)
+        row["overhead_vs_none"] = round(row["fit_s"] / base_row["fit_s"] - 1, 3)
+        row["rss_above_none_bytes"] = row["peak_rss_bytes"] - base_row["peak_rss_bytes"]
     return rows
 
 
-def restore_seconds(name, params, directory: Path) -> float:
+def restore_seconds(name, params, directory: Path, repeats: int = 3) -> dict:
+    """Best-of-`repeats` restore time, and `load_weights` of the same file."""
     fresh = build(params)
     fresh.optimizer.build(fresh.trainable_variables)
-    start = time.perf_counter()
-    if name == "keras_resume":
-        kr.restore(fresh, directory)
+    if name.startswith("keras_resume"):
+        entry = kr.CheckpointDirectory(directory).select("latest")
+        weights = directory / entry["dir"] / "model.weights.h5"
     elif name == "BackupAndRestore":
-        fresh.load_weights(str(directory / "latest.weights.h5"))
+        weights = directory / "latest.weights.h5"
     else:
-        fresh.load_weights(str(directory / "model.weights.h5"))
-    return time.perf_counter() - start
+        weights = directory / "model.weights.h5"
+    out = {}
+    for key, load in (
+        ("load_weights_s", lambda: fresh.load_weights(str(weights))),
+        ("restore_s", lambda: kr.restore(fresh, directory)),
+    ):
+        if key == "restore_s" and not name.startswith("keras_resume"):
+            continue
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            load()
+            times.append(time.perf_counter() - start)
+        out[key] = round(min(times), 4)
+    return out
 
 
 def main() -> None:
@@ -158,24 +218,29 @@ def main() -> None:
     )
     parser.add_argument("--every", type=int, default=20)
     parser.add_argument("--saves", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         for params in args.params:
-            rows += run_size(params, args.every, args.saves, Path(tmp))
+            rows += run_size(params, args.every, args.saves, args.batch, Path(tmp))
     header = (
-        f"{'params':>11} {'contender':<17}{'stall/save s':>13}{'x host copy':>12}"
-        f"{'fit overhead':>13}{'restore s':>10}{'disk/raw':>9}"
+        f"{'params':>11} {'contender':<18}{'stall/save s':>13}{'x host copy':>12}"
+        f"{'fit overhead':>13}{'restore s':>10}{'x load_w':>9}{'disk/raw':>9}{'RSS+/raw':>9}"
     )
+    print(f"batch {args.batch}, a save every {args.every} steps, {args.saves} saves")
     print(header)
     for r in rows:
         ratio = r["stall_per_save_s"] / r["host_copy_s"] if r["saves"] else 0
-        disk = r.get("disk_bytes", 0) / r["raw_state_bytes"] if "disk_bytes" in r else 0
+        disk = r.get("disk_bytes", 0) / r["raw_state_bytes"]
+        restore = r.get("restore_s", r.get("load_weights_s", 0))
+        vs_load = r["restore_s"] / r["load_weights_s"] if "restore_s" in r else 0
+        rss = r["rss_above_none_bytes"] / r["raw_state_bytes"]
         print(
-            f"{r['params']:>11} {r['contender']:<17}{r['stall_per_save_s']:>13.4f}"
-            f"{ratio:>12.2f}{r['overhead_vs_none']:>13.1%}{r.get('restore_s', 0):>10.3f}"
-            f"{disk:>9.2f}"
+            f"{r['params']:>11} {r['contender']:<18}{r['stall_per_save_s']:>13.4f}"
+            f"{ratio:>12.2f}{r['overhead_vs_none']:>13.1%}{restore:>10.3f}"
+            f"{vs_load:>9.2f}{disk:>9.2f}{rss:>9.2f}"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -88,8 +88,8 @@ class BackgroundWriter:
         Waits for the save in flight first, so at most one snapshot is held.
         `prepare` runs on the calling thread and takes the snapshot; it returns
         the callable that writes and commits it (run here if not `background`).
-        Inside `group()` the writes are collected and started together when the
-        group ends.
+        Inside `group()` the writes are collected and run together, in order,
+        when the group ends (here, if any of them is not `background`).
         """
         if self._group is None:
             self.wait()
@@ -101,14 +101,12 @@ class BackgroundWriter:
             on_error(e)
             return
         task = (work, on_done, on_error)
-        if self._group is not None and not background:
-            raise RuntimeError(f"A synchronous save ({what}) cannot run inside a save group.")
         if self._group is not None:
-            self._group.append((what, task))
+            self._group.append((what, task, background))
         elif background:
             self._start(what, [task])
         else:
-            self._finish(_run_here(what, task))
+            self._finish(_run_here(what, [task]))
 
     def _start(self, what: str, tasks: list) -> None:
         job = _Job(what, tasks, self.low_priority)
@@ -182,8 +180,8 @@ class BackgroundWriter:
             on_error(job.error)
 
 
-def _run_here(what: str, task) -> _Job:
-    job = _Job(what, [task], low_priority=False)
+def _run_here(what: str, tasks: list) -> _Job:
+    job = _Job(what, tasks, low_priority=False)
     job._run()
     return job
 
@@ -219,5 +217,9 @@ class _Group:
         self.writer._shared = {}
         if not collected:
             return
-        what = " + ".join(w for w, _ in collected)
-        self.writer._start(what, [task for _, task in collected])
+        what = " + ".join(w for w, _, _ in collected)
+        tasks = [task for _, task, _ in collected]
+        if all(background for _, _, background in collected):
+            self.writer._start(what, tasks)
+        else:  # one of them must be on disk before training goes on
+            self.writer._finish(_run_here(what, tasks))
