@@ -50,6 +50,38 @@ def host_copy(value) -> np.ndarray:
     return array if array.flags.owndata else array.copy()
 
 
+def _host_view(value) -> np.ndarray:
+    """`value` as a numpy array, without a copy where the backend allows one.
+
+    The view may share memory with the variable: copy it before training goes on.
+    """
+    if isinstance(value, keras.Variable):
+        value = value.value
+    if name() == "tensorflow" and not isinstance(value, np.ndarray):
+        import tensorflow as tf
+
+        tensor = tf.convert_to_tensor(value)  # a read: shares the variable's buffer
+        if hasattr(tensor, "_numpy"):
+            return np.asarray(tensor._numpy())  # a view of it (numpy() would copy)
+    return np.asarray(keras.ops.convert_to_numpy(value))
+
+
+def copy_into(buffers: dict | None, slot, value) -> np.ndarray:
+    """A host copy of `value`, written into `buffers[slot]` when one of its shape exists.
+
+    Reusing the buffers of the previous snapshot costs no allocation and no page
+    faults, and keeps the snapshot's memory at one copy of the state.
+    """
+    view = _host_view(value)
+    if buffers is None:
+        return view.copy()
+    buffer = buffers.get(slot)
+    if buffer is None or buffer.shape != view.shape or buffer.dtype != view.dtype:
+        buffer = buffers[slot] = np.empty_like(view)
+    np.copyto(buffer, view)
+    return buffer
+
+
 # --- Keras's `.weights.h5` layout, written and read outside `save_weights` ------------
 #
 # `model.save_weights` walks the model (`saving_lib._save_state`) and each layer
@@ -71,9 +103,10 @@ def _snapshot_store_class():
     class SnapshotStore(saving_lib.H5IOStore):
         """Records `make(path, metadata)` and `store[key] = value` as host copies."""
 
-        def __init__(self):  # no file: nothing of H5IOStore's state is used
+        def __init__(self, buffers):  # no file: nothing of H5IOStore's state is used
             self.entries: list = []
             self.mode = "w"
+            self.buffers = buffers
 
         def __bool__(self):
             return True
@@ -84,7 +117,8 @@ def _snapshot_store_class():
             return self
 
         def __setitem__(self, key, value):
-            self._current[2][key] = host_copy(value)
+            path = self._current[0]
+            self._current[2][key] = copy_into(self.buffers, (path, key), value)
 
         def __len__(self):
             return len(self._current[2])
@@ -101,15 +135,45 @@ def _snapshot_store_class():
     return SnapshotStore
 
 
-def snapshot_weights(model) -> list[tuple]:
+def _stock_optimizer_path(model) -> tuple[str, object] | None:
+    """Where `model.optimizer` sits in the file, if it saves itself the stock way.
+
+    Keras's optimizer writes `store[str(i)] = variable.numpy()`: a copy we would
+    copy again. For the stock method we record its variables ourselves instead.
+    """
+    from keras.src.optimizers.base_optimizer import BaseOptimizer
+
+    optimizer = getattr(model, "optimizer", None)
+    if (
+        not isinstance(optimizer, BaseOptimizer)
+        or type(optimizer).save_own_variables is not BaseOptimizer.save_own_variables
+    ):
+        return None
+    for attr, child in _stores()._walk_saveable(model):
+        if child is optimizer:
+            return attr, optimizer
+    return None
+
+
+def snapshot_weights(model, buffers: dict | None = None) -> list[tuple]:
     """Host copies of everything `model.save_weights` would write, in its layout.
 
-    Returns `[(path, metadata, {key: array})]` in the order Keras writes them.
+    Returns `[(path, metadata, {key: array})]`. With `buffers` (a dict kept by
+    the caller), the copies go into the previous snapshot's arrays: that
+    snapshot must no longer be in use.
     """
     saving_lib = _stores()
-    store = _snapshot_store_class()()
+    store = _snapshot_store_class()(buffers)
+    skip = set()
+    stock = _stock_optimizer_path(model)
+    if stock is not None:
+        path, optimizer = stock
+        skip.add(id(optimizer))
+        store.make(path, metadata={"name": optimizer.name})
+        for i, variable in enumerate(optimizer.variables):
+            store[str(i)] = variable
     saving_lib._save_state(
-        model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set()
+        model, weights_store=store, assets_store=None, inner_path="", visited_saveables=skip
     )
     return store.entries
 

@@ -19,7 +19,10 @@ from keras_resume.errors import ManifestError, ManifestVersionError
 MANIFEST_NAME = "manifest.json"
 SELF_DESCRIPTION = "checkpoint.json"  # in every checkpoint directory
 FORMAT = "keras-resume"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# 2: file records carry SHA-256 per block (`sha256_blocks`), so verifying hashes
+# blocks in parallel. Schema 1 (whole-file `sha256`) is still read.
+READABLE_SCHEMA_VERSIONS = (1, 2)
 KINDS = ("backup", "best")
 
 
@@ -111,10 +114,10 @@ def _validate_header(manifest, path) -> None:
     if manifest.get("format") != FORMAT:
         _fail(path, f"format={manifest.get('format')!r}, expected {FORMAT!r}")
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if isinstance(version, bool) or version not in READABLE_SCHEMA_VERSIONS:
         raise ManifestVersionError(
             f"Manifest {path} has schema_version={version!r}; this keras_resume "
-            f"reads schema_version={SCHEMA_VERSION}. Upgrade keras_resume to read it."
+            f"reads schema_version {READABLE_SCHEMA_VERSIONS}. Upgrade keras_resume to read it."
         )
 
 
@@ -212,7 +215,28 @@ def _validate_entry(path, i: int, entry, manifest: dict) -> None:
         if rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
             _fail(path, f"{where}.files[{j}].path={rel!r} points outside its checkpoint")
         _check_type(path, f"{where}.files[{j}].size", record.get("size"), int)
-        _check_type(path, f"{where}.files[{j}].sha256", record.get("sha256"), str)
+        _validate_checksums(path, f"{where}.files[{j}]", record)
+
+
+def _validate_checksums(path, where: str, record: dict) -> None:
+    if "sha256_blocks" not in record:  # schema 1: one digest of the whole file
+        _check_type(path, f"{where}.sha256", record.get("sha256"), str)
+        return
+    blocks, block_bytes = record["sha256_blocks"], record.get("block_bytes")
+    _check_type(path, f"{where}.sha256_blocks", blocks, list)
+    _check_type(path, f"{where}.block_bytes", block_bytes, int)
+    if block_bytes < 1:
+        _fail(path, f"{where}.block_bytes={block_bytes!r}, expected a positive integer")
+    for k, digest in enumerate(blocks):
+        _check_type(path, f"{where}.sha256_blocks[{k}]", digest, str)
+    size = record["size"]
+    expected = max(1, -(-size // block_bytes)) if size >= 0 else -1
+    if len(blocks) != expected:
+        _fail(
+            path,
+            f"{where} has {len(blocks)} block digests for {size} bytes in blocks of "
+            f"{block_bytes}, expected {expected}",
+        )
 
 
 def self_description(manifest: dict, entry: dict) -> dict:
@@ -258,7 +282,12 @@ def read_self_description(path: Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ManifestError(f"{path} is unreadable ({e})") from e
     _check_type(path, "the top level", description, dict)
-    if description.get("format") != FORMAT or description.get("schema_version") != SCHEMA_VERSION:
+    version = description.get("schema_version")
+    if (
+        description.get("format") != FORMAT
+        or isinstance(version, bool)
+        or version not in READABLE_SCHEMA_VERSIONS
+    ):
         _fail(path, "format or schema_version is not this keras_resume's")
     if description.get("checksum") != content_checksum(description):
         _fail(path, "its checksum does not match (damaged or edited)")

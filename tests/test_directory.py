@@ -1,5 +1,6 @@
 """directory.py: commits, retention, verification with fallback, leftovers, history."""
 
+import hashlib
 import json
 
 import keras
@@ -31,7 +32,7 @@ def _train(ckpt_dir, epochs=3, every=None, keep=2, monitor="loss"):
 def test_manifest_lists_committed_checkpoints_with_checksums(ckpt_dir):
     model, ckpt = _train(ckpt_dir, epochs=2, every=3)
     manifest = json.loads((ckpt_dir / "manifest.json").read_text())
-    assert manifest["format"] == "keras-resume" and manifest["schema_version"] == 1
+    assert manifest["format"] == "keras-resume" and manifest["schema_version"] == 2
     backups = [c for c in manifest["checkpoints"] if c["kind"] == "backup"]
     assert len(backups) == 2  # keep=2
     newest = backups[-1]
@@ -43,6 +44,10 @@ def test_manifest_lists_committed_checkpoints_with_checksums(ckpt_dir):
     for record in newest["files"]:
         path = ckpt_dir / newest["dir"] / record["path"]
         assert path.stat().st_size == record["size"]
+        data = path.read_bytes()
+        block = record["block_bytes"]
+        blocks = [data[i : i + block] for i in range(0, max(len(data), 1), block)]
+        assert record["sha256_blocks"] == [hashlib.sha256(b).hexdigest() for b in blocks]
     fp = manifest["fingerprints"][newest["fingerprint"]]
     assert fp["optimizer"] == "Adam"
     assert [v[1] for v in fp["variables"]] == [list(v.shape) for v in model.weights]
@@ -145,3 +150,51 @@ def test_manifest_entry_epoch_fields_consistent(ckpt_dir):
     for entry in ckpt.checkpoints("backup"):
         epoch, step = mf.resume_point(entry)
         assert entry["global_step"] == epoch * 4 + step
+
+
+def _h5_contents(path):
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+
+        def visit(name, obj):
+            value = obj[()] if isinstance(obj, h5py.Dataset) else None
+            out[name] = (value, dict(obj.attrs))
+
+        f.visititems(visit)
+    return out
+
+
+def test_background_weights_file_is_the_one_save_weights_writes(tmp_path):
+    """Our snapshot-then-write path and `model.save_weights` produce the same file contents."""
+    from keras_resume.state import model_state
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(4),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(1, dtype="bfloat16"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    x, y = tiny_data()
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save_weights(str(tmp_path / "keras.weights.h5"))
+    buffers = {}
+    for _ in range(2):  # the second snapshot reuses the first one's buffers
+        snapshot = model_state.snapshot_weights(model, buffers)
+    (tmp_path / "ours").mkdir()
+    model_state.write_weights(snapshot, tmp_path / "ours")
+    theirs = _h5_contents(tmp_path / "keras.weights.h5")
+    ours = _h5_contents(tmp_path / "ours" / "model.weights.h5")
+    assert sorted(ours) == sorted(theirs)
+    for name, (value, attrs) in theirs.items():
+        assert ours[name][1] == attrs, name
+        if value is not None:
+            assert ours[name][0].dtype == value.dtype, name
+            assert np.array_equal(ours[name][0], value), name
+    assert any(a.get("dtype") == "bfloat16" for _, a in theirs.values())

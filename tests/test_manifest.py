@@ -151,3 +151,26 @@ def test_record_history_replaces_the_same_epoch_and_sorts():
 def test_resume_point():
     assert mf.resume_point(_entry(epoch=3, step_in_epoch=7, epoch_complete=False)) == (3, 7)
     assert mf.resume_point(_entry(epoch=3, step_in_epoch=12, epoch_complete=True)) == (4, 0)
+
+
+def test_schema_1_manifest_still_read(tmp_path):
+    path = tmp_path / mf.MANIFEST_NAME
+    manifest = _manifest()
+    manifest["schema_version"] = 1
+    mf.write_manifest(path, manifest)
+    assert mf.read_manifest(path)["schema_version"] == 1
+
+
+@pytest.mark.parametrize(
+    "record, problem",
+    [
+        ({"size": 100, "block_bytes": 40, "sha256_blocks": ["a", "b"]}, "expected 3"),
+        ({"size": 10, "block_bytes": 0, "sha256_blocks": ["a"]}, "block_bytes=0"),
+        ({"size": 10, "block_bytes": 40, "sha256_blocks": [1]}, r"sha256_blocks\[0\]"),
+        ({"size": 10, "sha256_blocks": ["a"]}, "block_bytes"),
+    ],
+)
+def test_block_checksum_records_validated(record, problem):
+    manifest = _manifest(files=[{"path": "model.weights.h5", **record}])
+    with pytest.raises(ManifestError, match=problem):
+        mf.validate(manifest)

@@ -70,3 +70,31 @@ def test_verify_file_detects_damage(tmp_path, damage):
         path.unlink()
     with pytest.raises(CheckpointCorruptError, match="w.h5"):
         storage.verify_file(tmp_path, record)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_block_checksums_name_the_damaged_block(tmp_path, workers):
+    path = tmp_path / "w.h5"
+    data = bytearray(os.urandom(10 * 1000 + 7))
+    path.write_bytes(bytes(data))
+    record = storage.file_record(tmp_path, "w.h5")
+    record["block_bytes"] = 1000
+    record["sha256_blocks"] = storage.sha256_blocks(path, 1000)
+    assert len(record["sha256_blocks"]) == 11
+    storage.verify_file(tmp_path, record, workers=workers)  # intact: no error
+    data[4321] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointCorruptError, match="bytes 4000-4999"):
+        storage.verify_file(tmp_path, record, workers=workers)
+
+
+def test_whole_file_checksum_of_schema_1_still_verified(tmp_path):
+    import hashlib
+
+    path = tmp_path / "w.h5"
+    path.write_bytes(b"abc" * 100)
+    record = {"path": "w.h5", "size": 300, "sha256": hashlib.sha256(b"abc" * 100).hexdigest()}
+    storage.verify_file(tmp_path, record)
+    path.write_bytes(b"abd" * 100)
+    with pytest.raises(CheckpointCorruptError, match="fails its checksum"):
+        storage.verify_file(tmp_path, record)

@@ -31,6 +31,10 @@ class TrainingSession:
         self.ended: set[int] = set()
         self.providers: dict = {}  # section -> RngCapture / SchedulerCapture
         self.cleanups: list = []  # undo what a callback changed in the model, run at close
+        # Host arrays every weights snapshot of this fit is copied into: one copy
+        # of the state, allocated once. Safe to reuse because a snapshot is only
+        # taken once the save in flight (which reads them) has finished.
+        self.snapshot_buffers: dict = {}
         ckpt.acquire_writer()
         ckpt.clean_leftovers()
         self._wait_on_error()
@@ -114,6 +118,7 @@ class TrainingSession:
         finally:
             for cleanup in reversed(self.cleanups):  # the last wrapper comes off first
                 cleanup()
+            self.snapshot_buffers.clear()
             self.tracker.detach()
             self.ckpt.release_writer()
 
@@ -215,9 +220,9 @@ class SessionCallback(keras.callbacks.Callback):
 
     def snapshot_weights(self):
         """The model's weights now; one snapshot shared by the saves of one instant."""
-        model = self.model
+        model, buffers = self.model, self.session.snapshot_buffers
         return self.ckpt.writer.shared(
-            ("weights", id(model)), lambda: model_state.snapshot_weights(model)
+            ("weights", id(model)), lambda: model_state.snapshot_weights(model, buffers)
         )
 
     def attempt(self, what: str, save) -> None:

@@ -89,9 +89,12 @@ def check_compatible(saved: dict, model, where: str, with_optimizer: bool = True
         )
 
 
-def snapshot_weights(model) -> list:
-    """Host copies of the model and optimizer variables, as `save_weights` lays them out."""
-    return backend.snapshot_weights(model)
+def snapshot_weights(model, buffers: dict | None = None) -> list:
+    """Host copies of the model and optimizer variables, as `save_weights` lays them out.
+
+    `buffers`: arrays of a previous snapshot, no longer in use, to copy into.
+    """
+    return backend.snapshot_weights(model, buffers)
 
 
 def write_weights(snapshot: list, directory: Path) -> str:
