@@ -11,13 +11,14 @@ Figures per contender:
   keras_resume: waiting for the previous save, if still writing, plus the host
   copy), mean over the run's saves;
 - the floor: a bare host copy of every variable (`v.numpy()`, best of 3);
-- fit overhead: wall time of `fit` versus without checkpointing, the fastest
-  of `--repeats` runs each, every contender run in turn in each repetition
-  from the same initial state (it includes the wait for the last save at the
-  end of `fit`);
+- fit overhead: wall time of `fit` versus the mean of the runs without
+  checkpointing just before and after it (median over `--repeats`), every run
+  from the same initial state; it includes the wait for the last save at the
+  end of `fit`. CPU overhead: the same for the process's CPU seconds;
 - restore: keras_resume's `restore` (which verifies checksums) versus
   `model.load_weights` of the same `.weights.h5` file, best of 3 each;
 - bytes on disk versus the raw bytes of the variables;
+- stall per save is the median over all saves (mean and max are in the JSON);
 - peak RSS above the run without checkpointing (Linux VmHWM, reset before each
   run; median over runs).
 
@@ -157,45 +158,47 @@ def run_size(
     if orbax_available():
         names.append("OrbaxCheckpoint")
     runs: dict[str, list[dict]] = {name: [] for name in names}
-    # Every repetition runs every contender in turn, so drift (thermal, a noisy
-    # neighbour) spreads over all of them; figures are medians over repetitions.
+    # Each contender runs between two runs without checkpointing, and its fit
+    # overhead is measured against their mean: on this VM the CPU we get drifts
+    # (at times 1.6x the wall time for the same CPU seconds), slowly enough that
+    # neighbouring runs share it. Every run starts from the same state, so the
+    # arithmetic (denormals included) is the same; only the checkpointing differs.
+    order = ["none"]
+    for name in names[1:]:
+        order += [name, "none"]
     for _ in range(repeats):
-        for name in names:
-            directory = workdir / f"{int(params)}-{name}"
-            stalls: list[float] = []
-            callbacks = contender(name, directory, every, stalls)
-            # Every run trains the same steps from the same state: the arithmetic
-            # (denormals included) is the same, only the checkpointing differs.
-            for variable, value in zip(state_variables(model), initial):
-                variable.assign(value)
-            reset_peak_rss()
-            start = time.perf_counter()
-            model.fit(
-                x, x, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=callbacks
-            )
-            run = {"fit_s": time.perf_counter() - start, "stalls": stalls, "rss": peak_rss()}
-            if name != "none":
-                run["disk_bytes"] = disk_bytes(directory)
-                if name != "OrbaxCheckpoint":
-                    run.update(restore_seconds(name, params, directory))
-            runs[name].append(run)
-            shutil.rmtree(directory, ignore_errors=True)
+        previous_none = None
+        for position, name in enumerate(order):
+            run = one_run(model, initial, name, workdir / f"{int(params)}-{name}", every, x, batch)
+            if name != "none" and name != "OrbaxCheckpoint":
+                run.update(restore_seconds(name, params, workdir / f"{int(params)}-{name}"))
+            shutil.rmtree(workdir / f"{int(params)}-{name}", ignore_errors=True)
+            if name == "none":
+                if previous_none is None:
+                    runs["none"].append(run)
+                previous_none = run
+                if position and order[position - 1] != "none":
+                    pending = runs[order[position - 1]][-1]
+                    pending["none_fit_s"] = (pending["none_fit_s"] + run["fit_s"]) / 2
+            else:
+                run["none_fit_s"] = previous_none["fit_s"]
+                runs[name].append(run)
     rows = []
     for name in names:
         stalls = [s for run in runs[name] for s in run["stalls"]]
+        overheads = [r["fit_s"] / r["none_fit_s"] - 1 for r in runs[name] if "none_fit_s" in r]
         row = {
             "params": int(sum(np.prod(v.shape) for v in model.weights)),
             "contender": name,
             "batch": batch,
             "repeats": repeats,
-            # The fastest run: on this VM other tenants at times halve the CPU
-            # we get (same CPU seconds, 1.6x the wall time), which would swamp
-            # the few percent we measure; the fastest run is the undisturbed one.
-            "fit_s": round(min(r["fit_s"] for r in runs[name]), 3),
-            "fit_s_median": round(median(r["fit_s"] for r in runs[name]), 3),
             "fit_s_all": [round(r["fit_s"], 3) for r in runs[name]],
+            "none_fit_s_all": [round(r.get("none_fit_s", r["fit_s"]), 3) for r in runs[name]],
+            "cpu_s_all": [round(r["cpu_s"], 3) for r in runs[name]],
+            "overhead_vs_none": round(median(overheads), 3) if overheads else 0.0,
             "saves": len(stalls) // repeats,
-            "stall_per_save_s": round(float(np.mean(stalls)), 4) if stalls else 0.0,
+            "stall_per_save_s": round(float(np.median(stalls)), 4) if stalls else 0.0,
+            "stall_mean_s": round(float(np.mean(stalls)), 4) if stalls else 0.0,
             "stall_max_s": round(max(stalls), 4) if stalls else 0.0,
             "raw_state_bytes": raw,
             "host_copy_s": round(floor, 4),
@@ -207,9 +210,28 @@ def run_size(
         rows.append(row)
     base = rows[0]
     for row in rows:
-        row["overhead_vs_none"] = round(row["fit_s"] / base["fit_s"] - 1, 3)
         row["rss_above_none_bytes"] = row["peak_rss_bytes"] - base["peak_rss_bytes"]
+        row["cpu_overhead_vs_none"] = round(
+            median(row["cpu_s_all"]) / median(base["cpu_s_all"]) - 1, 3
+        )
     return rows
+
+
+def one_run(model, initial, name, directory: Path, every: int, x, batch: int) -> dict:
+    stalls: list[float] = []
+    callbacks = contender(name, directory, every, stalls)
+    for variable, value in zip(state_variables(model), initial):
+        variable.assign(value)
+    reset_peak_rss()
+    start, cpu = time.perf_counter(), time.process_time()
+    model.fit(x, x, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+    return {
+        "fit_s": time.perf_counter() - start,
+        "cpu_s": time.process_time() - cpu,
+        "stalls": stalls,
+        "rss": peak_rss(),
+        **({"disk_bytes": disk_bytes(directory)} if name != "none" else {}),
+    }
 
 
 def restore_seconds(name, params, directory: Path, repeats: int = 3) -> dict:
@@ -256,11 +278,12 @@ def main() -> None:
             rows += run_size(params, args.every, args.saves, args.batch, args.repeats, Path(tmp))
     header = (
         f"{'params':>11} {'contender':<18}{'stall/save s':>13}{'x host copy':>12}"
-        f"{'fit overhead':>13}{'restore s':>10}{'x load_w':>9}{'disk/raw':>9}{'RSS+/raw':>9}"
+        f"{'fit overhead':>13}{'CPU overhead':>13}{'restore s':>10}{'x load_w':>9}"
+        f"{'disk/raw':>9}{'RSS+/raw':>9}"
     )
     print(
         f"batch {args.batch}, a save every {args.every} steps, {args.saves} saves a run, "
-        f"median of {args.repeats} runs"
+        f"{args.repeats} repetition(s)"
     )
     print(header)
     for r in rows:
@@ -271,7 +294,8 @@ def main() -> None:
         rss = r["rss_above_none_bytes"] / r["raw_state_bytes"]
         print(
             f"{r['params']:>11} {r['contender']:<18}{r['stall_per_save_s']:>13.4f}"
-            f"{ratio:>12.2f}{r['overhead_vs_none']:>13.1%}{restore:>10.3f}"
+            f"{ratio:>12.2f}{r['overhead_vs_none']:>13.1%}{r['cpu_overhead_vs_none']:>13.1%}"
+            f"{restore:>10.3f}"
             f"{vs_load:>9.2f}{disk:>9.2f}{rss:>9.2f}"
         )
     if args.json:

@@ -16,7 +16,7 @@ import warnings
 import weakref
 from pathlib import Path
 
-from keras_resume import backend, storage
+from keras_resume import backend, remote, storage
 from keras_resume import manifest as mf
 from keras_resume.errors import (
     CheckpointCorruptError,
@@ -47,26 +47,43 @@ class CheckpointDirectory:
     ckpt.history()["loss"]        # per-epoch losses, across restarts
     ```
 
+    A remote directory (`"s3://bucket/runs/exp1"`, any fsspec URL) works the
+    same way through a local mirror (see `keras_resume.remote`): its manifest,
+    uploaded last, is the commit point.
+
     Args:
-        path: the directory; created on the first save.
+        path: the directory, or an fsspec URL; created on the first save.
+        storage_options: for a URL, passed to fsspec (credentials,
+            `endpoint_url`, ...).
     """
 
-    def __init__(self, path):
+    def __init__(self, path, storage_options: dict | None = None):
         if isinstance(path, CheckpointDirectory):
-            path = path.path
+            storage_options = storage_options or path.storage_options
+            path = path.location
         if not isinstance(path, (str, os.PathLike)) or not str(path):
             raise TypeError(
                 "Invalid value for argument path. Received: "
                 f"path={path!r}. Expected a directory path such as 'runs/exp1'."
             )
+        self.remote = None
+        self.storage_options = storage_options
+        if remote.is_remote(path):
+            self.remote = remote.RemoteMirror(str(path), storage_options)
+            path = self.remote.local
         self.path = Path(path)
         self.manifest_path = self.path / mf.MANIFEST_NAME
         self.session = None  # the TrainingSession of the fit call running now
         self.lock = storage.DirectoryLock(self.path)
         self.writer = writer_for(self.path)
 
+    @property
+    def location(self) -> str:
+        """The directory as the user named it: its URL for a remote run."""
+        return self.remote.url if self.remote is not None else str(self.path)
+
     def __repr__(self) -> str:
-        return f"CheckpointDirectory({str(self.path)!r})"
+        return f"CheckpointDirectory({self.location!r})"
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -80,6 +97,9 @@ class CheckpointDirectory:
         from their `checkpoint.json` files, with a warning naming the file.
         """
         self.writer.join()  # a save of this process still committing
+        if self.remote is not None and not self.lock.held:
+            # The writer's own copy is the newest; anyone else reads the remote one.
+            self.remote.pull_manifest(mf.MANIFEST_NAME)
         if self.path.exists() and not self.path.is_dir():
             raise NotADirectoryError(
                 f"Checkpoint directory {self.path} is a file. Pass a directory path."
@@ -95,6 +115,9 @@ class CheckpointDirectory:
         return manifest or mf.new_manifest()
 
     def _checkpoint_dirs(self) -> list[Path]:
+        if self.remote is not None:
+            for name in self.remote.checkpoint_names(_CHECKPOINT_DIR):
+                self.remote.pull_checkpoint(name, [mf.SELF_DESCRIPTION])
         if not self.path.is_dir():
             return []
         return sorted(p for p in self.path.iterdir() if _CHECKPOINT_DIR.match(p.name))
@@ -119,7 +142,7 @@ class CheckpointDirectory:
             stacklevel=3,
         )
         if self.lock.held:
-            mf.write_manifest(self.manifest_path, manifest)
+            self._save_manifest(manifest)
         return manifest
 
     def checkpoints(self, kind: str | None = None) -> list[dict]:
@@ -143,10 +166,16 @@ class CheckpointDirectory:
 
     def verify(self, entry: dict) -> None:
         """Raises `CheckpointCorruptError` if any file of `entry` is damaged."""
-        root = self.checkpoint_path(entry)
+        root = self._local_copy(entry)
         self._check_location(root)
         for record in entry["files"]:
             storage.verify_file(root, record)
+
+    def _local_copy(self, entry: dict) -> Path:
+        """The checkpoint's directory here; for a remote run, downloaded first."""
+        if self.remote is not None:
+            return self.remote.pull_checkpoint(entry["dir"], entry["files"])
+        return self.checkpoint_path(entry)
 
     def _check_location(self, root: Path) -> None:
         if root.is_symlink() or not root.resolve().is_relative_to(self.path.resolve()):
@@ -216,7 +245,7 @@ class CheckpointDirectory:
         return self._first_good(which, lambda entry: self._read(entry, verify))
 
     def _read(self, entry: dict, verify: bool) -> LoadedCheckpoint:
-        root = self.checkpoint_path(entry)
+        root = self._local_copy(entry)
         problems: list[BaseException] = []
         checker = None
         if verify:
@@ -254,7 +283,7 @@ class CheckpointDirectory:
         return LoadedCheckpoint(entry, weights, bundle)
 
     def load_state(self, entry: dict) -> StateBundle:
-        return StateBundle.read(self.checkpoint_path(entry))
+        return StateBundle.read(self._local_copy(entry))
 
     def fingerprint_of(self, entry: dict) -> dict:
         return self.read_manifest()["fingerprints"][entry["fingerprint"]]
@@ -266,6 +295,8 @@ class CheckpointDirectory:
         if self.lock.held:
             return
         self.lock.acquire()
+        if self.remote is not None:
+            self.remote.pull_manifest(mf.MANIFEST_NAME)
         if self.lock.took_over:
             holder = self.lock.took_over
             logger.warning(
@@ -291,6 +322,11 @@ class CheckpointDirectory:
             if _CHECKPOINT_DIR.match(child.name) and child.name not in committed:
                 logger.info("Removing uncommitted checkpoint %s", child)
                 storage.remove(child)
+        if self.remote is not None:
+            for name in self.remote.checkpoint_names(_CHECKPOINT_DIR):
+                if name not in committed:  # an upload a crash interrupted
+                    logger.info("Removing uncommitted checkpoint %s/%s", self.location, name)
+                    self.remote.remove_checkpoint(name)
 
     def commit(
         self,
@@ -341,6 +377,7 @@ class CheckpointDirectory:
             keep=keep,
             fingerprint=fp,
             created=mf.utc_now(),
+            model_config=model_state.model_config(model),
         )
 
     def write(self, pending: PendingCheckpoint) -> dict:
@@ -364,6 +401,11 @@ class CheckpointDirectory:
         fp_id = model_state.fingerprint_id(fp)
         with storage.StagedDirectory(self.path, name) as staged:
             files = [model_state.write_weights(pending.weights, staged.path)]
+            if pending.model_config is not None:
+                (staged.path / model_state.CONFIG_FILE).write_text(
+                    pending.model_config, encoding="utf-8"
+                )
+                files.append(model_state.CONFIG_FILE)
             if pending.bundle is not None:
                 files += pending.bundle.write(staged.path)
             entry = {
@@ -389,27 +431,41 @@ class CheckpointDirectory:
             )
             final = staged.commit()
         try:
-            mf.write_manifest(self.manifest_path, manifest)
+            if self.remote is not None:
+                self.remote.push_checkpoint(final)
+            self._save_manifest(manifest)
         except BaseException:
             # Not committed: remove it now, so no later save or rebuild can see a
             # second checkpoint with this id. (The manifest may have been replaced
             # before the failure, e.g. in the directory fsync: then it stays.)
             if not self._lists(entry):
                 storage.remove(final)
+                if self.remote is not None:
+                    self.remote.remove_checkpoint(name)
             raise
         for old_entry in doomed:
             storage.retire(self.checkpoint_path(old_entry))
+            if self.remote is not None:
+                self.remote.remove_checkpoint(old_entry["dir"])
         return entry
+
+    def _save_manifest(self, manifest: dict) -> None:
+        """Writes the manifest atomically; for a remote run, then uploads it (the commit)."""
+        mf.write_manifest(self.manifest_path, manifest)
+        if self.remote is not None:
+            self.remote.push_manifest(mf.MANIFEST_NAME)
 
     def wait(self) -> None:
         """Waits for a save of this process still being written here; reports its outcome."""
         self.writer.wait()
 
     def _lists(self, entry: dict) -> bool:
-        """Whether the manifest on disk lists `entry` (True when that cannot be told)."""
+        """Whether the committed manifest lists `entry` (True when that cannot be told)."""
         try:
+            if self.remote is not None:  # the remote manifest is the committed one
+                self.remote.pull_manifest(mf.MANIFEST_NAME)
             manifest = mf.read_manifest(self.manifest_path) or mf.new_manifest()
-        except ManifestError:
+        except (ManifestError, OSError):
             return True
         return any(c["dir"] == entry["dir"] for c in manifest["checkpoints"])
 
@@ -421,7 +477,7 @@ class CheckpointDirectory:
         self.acquire_writer()
         manifest = self.read_manifest()
         change(manifest)
-        mf.write_manifest(self.manifest_path, manifest)
+        self._save_manifest(manifest)
         return manifest
 
     # --- the usual set of callbacks -----------------------------------------------
@@ -475,6 +531,7 @@ class PendingCheckpoint:
     keep: int | None
     fingerprint: dict
     created: str
+    model_config: str | None = None
 
 
 @dataclasses.dataclass
@@ -509,4 +566,5 @@ def as_directory(ckpt) -> CheckpointDirectory:
     view and one training session.
     """
     directory = ckpt if isinstance(ckpt, CheckpointDirectory) else CheckpointDirectory(ckpt)
-    return _OPEN.setdefault(str(directory.path.resolve()), directory)
+    key = directory.location if directory.remote is not None else str(directory.path.resolve())
+    return _OPEN.setdefault(key, directory)

@@ -35,3 +35,7 @@ class DirectoryLockedError(KerasResumeError, RuntimeError):
 
 class SaveError(KerasResumeError, OSError):
     """A checkpoint could not be written; the previous checkpoint is intact."""
+
+
+class RemoteError(KerasResumeError, OSError):
+    """A remote run directory (s3://, any fsspec URL) could not be read or written."""

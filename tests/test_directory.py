@@ -40,7 +40,9 @@ def test_manifest_lists_committed_checkpoints_with_checksums(ckpt_dir):
     assert newest["versions"]["keras"] == keras.version()
     assert newest["versions"]["backend"] == keras.backend.backend()
     names = [f["path"] for f in newest["files"]]
-    assert names == ["model.weights.h5", "state.json", "arrays.npz"]
+    assert names == ["model.weights.h5", "model.json", "state.json", "arrays.npz"]
+    config = json.loads((ckpt_dir / newest["dir"] / "model.json").read_text())
+    assert config["class_name"] == "Sequential"
     for record in newest["files"]:
         path = ckpt_dir / newest["dir"] / record["path"]
         assert path.stat().st_size == record["size"]

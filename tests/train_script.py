@@ -36,6 +36,12 @@ def parse_args(argv):
     parser.add_argument("--kill-at-step", type=int, default=None)
     parser.add_argument("--no-rng", action="store_true", help="leave RngCapture out")
     parser.add_argument("--no-seed", action="store_true", help="skip set_random_seed")
+    parser.add_argument(
+        "--kill-in-upload",
+        type=int,
+        default=None,
+        help="remote runs: SIGKILL after the first file of the N-th checkpoint upload",
+    )
     return parser.parse_args(argv)
 
 
@@ -113,6 +119,23 @@ class KillAtStep(keras.callbacks.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def kill_in_upload(n):
+    """Dies in the middle of the n-th checkpoint upload: one file is up, the rest not."""
+    from keras_resume import remote
+
+    uploads = [0]
+    put = remote.RemoteMirror._put_file
+
+    def dying_put(self, local, target):
+        put(self, local, target)
+        if target.endswith("model.weights.h5"):
+            uploads[0] += 1
+            if uploads[0] == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    remote.RemoteMirror._put_file = dying_put
+
+
 def final_state(model):
     arrays = {}
     for prefix, variables in (("model", model.weights), ("optimizer", model.optimizer.variables)):
@@ -138,6 +161,8 @@ def main(argv=None):
             keras.callbacks.ReduceLROnPlateau(patience=1, factor=0.5, min_delta=10.0),
             keras.callbacks.EarlyStopping(patience=2, min_delta=10.0),
         ]
+    if args.kill_in_upload is not None:
+        kill_in_upload(args.kill_in_upload)
     ckpt = kr.CheckpointDirectory(args.dir)
     callbacks += ckpt.callbacks(every_n_steps=args.every, monitor="val_loss", track=track)
     if args.no_rng:

@@ -15,6 +15,7 @@ from keras_resume.errors import CheckpointMismatchError
 from keras_resume.state.bundle import StateBundle
 
 WEIGHTS_FILE = "model.weights.h5"
+CONFIG_FILE = "model.json"  # the model's architecture, for export to a deployable model
 
 
 def _describe(variables) -> list[list]:
@@ -131,3 +132,15 @@ def restore_metrics(model, bundle: StateBundle) -> bool:
     for variable, value in zip(variables, values):
         variable.assign(value)
     return True
+
+
+def model_config(model) -> str | None:
+    """The model's architecture and compile config as Keras JSON; None if it has none.
+
+    What `keras.models.model_from_json` rebuilds (subclassed models without
+    `get_config` cannot be described: export then says so).
+    """
+    try:
+        return model.to_json()
+    except Exception:  # noqa: BLE001 - NotImplementedError, TypeError from custom configs
+        return None
