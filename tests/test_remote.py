@@ -74,7 +74,12 @@ def test_remote_run_commits_to_s3_and_restores_on_a_fresh_machine(s3_endpoint, c
     ckpt = kr.CheckpointDirectory(url)
     assert repr(ckpt) == "CheckpointDirectory('s3://runs/exp1')"
     model.fit(
-        x, y, batch_size=8, epochs=2, verbose=0, callbacks=ckpt.callbacks(every_n_steps=3, monitor="loss")
+        x,
+        y,
+        batch_size=8,
+        epochs=2,
+        verbose=0,
+        callbacks=ckpt.callbacks(every_n_steps=3, monitor="loss"),
     )
     manifest = kr.CheckpointDirectory(url).read_manifest()
     listed = sorted(c["dir"] for c in manifest["checkpoints"])
@@ -92,9 +97,7 @@ def test_crash_in_the_middle_of_an_upload_resumes_exactly(s3_endpoint, cache, tm
     run_script("--dir", tmp_path / "local", "--out", tmp_path / "ref.npz")
     url = "s3://runs/crash"
     # Dies after the first file of the 4th upload: that checkpoint is half up.
-    run_script(
-        "--dir", url, "--out", tmp_path / "x.npz", "--kill-in-upload", 4, expect_killed=True
-    )
+    run_script("--dir", url, "--out", tmp_path / "x.npz", "--kill-in-upload", 4, expect_killed=True)
     committed = {c["dir"] for c in kr.CheckpointDirectory(url).read_manifest()["checkpoints"]}
     names = set(_remote_names(s3_endpoint, url)) - {"manifest.json"}
     (partial,) = names - committed
