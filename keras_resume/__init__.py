@@ -2,48 +2,50 @@
 
 One manifest-driven checkpoint directory, exact (bit-identical) resume,
 crash-safe commits. See README.md.
+
+The names below are imported on first use, so that `keras-resume run` (the
+supervisor, standard library only) does not load Keras and its backend.
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
-from keras_resume.callbacks import (  # noqa: E402
-    BestCheckpoint,
-    FullStateResume,
-    RngCapture,
-    SchedulerCapture,
-    StepBackup,
-)
-from keras_resume.directory import CheckpointDirectory  # noqa: E402
-from keras_resume.errors import (  # noqa: E402
-    CheckpointCorruptError,
-    CheckpointMismatchError,
-    DirectoryLockedError,
-    KerasResumeError,
-    ManifestError,
-    ManifestVersionError,
-    NoCheckpointError,
-    SaveError,
-)
-from keras_resume.preemption import EXIT_PREEMPTED, Preempted  # noqa: E402
-from keras_resume.restore import RestoreInfo, restore  # noqa: E402
+_EXPORTS = {
+    "BestCheckpoint": "keras_resume.callbacks",
+    "FullStateResume": "keras_resume.callbacks",
+    "RngCapture": "keras_resume.callbacks",
+    "SchedulerCapture": "keras_resume.callbacks",
+    "StepBackup": "keras_resume.callbacks",
+    "CheckpointDirectory": "keras_resume.directory",
+    "CheckpointCorruptError": "keras_resume.errors",
+    "CheckpointMismatchError": "keras_resume.errors",
+    "DirectoryLockedError": "keras_resume.errors",
+    "KerasResumeError": "keras_resume.errors",
+    "ManifestError": "keras_resume.errors",
+    "ManifestVersionError": "keras_resume.errors",
+    "NoCheckpointError": "keras_resume.errors",
+    "RemoteError": "keras_resume.errors",
+    "SaveError": "keras_resume.errors",
+    "EXIT_PREEMPTED": "keras_resume.preemption",
+    "Preempted": "keras_resume.preemption",
+    "RestoreInfo": "keras_resume.restoring",
+    "restore": "keras_resume.restoring",
+    "history": "keras_resume.inspect",
+    "list_checkpoints": "keras_resume.inspect",
+    "plot": "keras_resume.inspect",
+}
 
-__all__ = [
-    "BestCheckpoint",
-    "CheckpointCorruptError",
-    "CheckpointDirectory",
-    "CheckpointMismatchError",
-    "DirectoryLockedError",
-    "EXIT_PREEMPTED",
-    "FullStateResume",
-    "KerasResumeError",
-    "ManifestError",
-    "ManifestVersionError",
-    "NoCheckpointError",
-    "Preempted",
-    "RestoreInfo",
-    "RngCapture",
-    "SaveError",
-    "SchedulerCapture",
-    "StepBackup",
-    "restore",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'keras_resume' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

@@ -164,6 +164,9 @@ class BackgroundWriter:
             return None
         job.thread.join()
         self._job = None
+        for (_, on_done, _), result in zip(job.tasks, job.results):
+            if on_done is not None:  # a save that committed still gets its line
+                on_done(result)
         if job.error is not None:
             logger.error("Background save (%s) failed: %s", job.what, job.error)
         return job.error

@@ -14,6 +14,13 @@ EXPECTED = {
         "Training interrupted: interrupted at step 45",
         "Resumed runs/quickstart at epoch 3, step 8 of 16: skipping 8 batches",
     ],
+    "exact_resume.ipynb": [
+        "Training interrupted: interrupted at step 45",
+        "Resumed runs/exact_resume/keras-resume at epoch 3, step 8 of 16: skipping 8 batches",
+        "keras-resume: 64 optimizer steps",
+        "BackupAndRestore: 72 optimizer steps",
+        "BackupAndRestore bit-identical: False",
+    ],
 }
 
 

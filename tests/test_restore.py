@@ -1,4 +1,4 @@
-"""restore.py: the one restore call, mismatches, missing and best checkpoints."""
+"""restoring.py (`kr.restore`): the one restore call, mismatches, missing and best checkpoints."""
 
 import keras
 import numpy as np

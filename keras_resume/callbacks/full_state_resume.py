@@ -11,7 +11,7 @@ from keras_resume import backend
 from keras_resume import manifest as mf
 from keras_resume.callbacks.session import SessionCallback
 from keras_resume.errors import CheckpointMismatchError, NoCheckpointError
-from keras_resume.restore import info_for, load_into_model
+from keras_resume.restoring import info_for, load_into_model
 from keras_resume.state import model_state, rng_state
 
 logger = logging.getLogger("keras_resume")
@@ -259,14 +259,25 @@ class FullStateResume(SessionCallback):
             )
 
     def _announce(self, entry, epoch: int, step: int) -> None:
-        steps = self.params.get("steps")
-        if step:
+        where = self.ckpt.location
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        if entry.get("training_stopped"):
             message = (
-                f"Resumed {self.ckpt.path} at epoch {epoch + 1}, step {step} of {steps}: "
+                f"Resumed {where}: training was stopped after epoch {entry['epoch'] + 1} "
+                "(a callback such as EarlyStopping); nothing left to train"
+            )
+        elif epochs is not None and epoch >= epochs:
+            message = (
+                f"Resumed {where}: all {epochs} epochs are trained; nothing left to train "
+                "(pass a larger `epochs` to train on)"
+            )
+        elif step:
+            message = (
+                f"Resumed {where} at epoch {epoch + 1}, step {step} of {steps}: "
                 f"skipping {step} batches"
             )
         else:
-            message = f"Resumed {self.ckpt.path} at the start of epoch {epoch + 1}"
+            message = f"Resumed {where} at the start of epoch {epoch + 1}"
         message += f" (from {entry['dir']})"
         if self.verbose:
             io_utils.print_msg(message)

@@ -77,9 +77,9 @@ class TrainingSession:
         model, writer = self.model, self.ckpt.writer
         original = model.train_function
 
-        def train_function(data):
+        def train_function(*args, **kwargs):  # (iterator) on TF, (state, iterator) on JAX
             try:
-                return original(data)
+                return original(*args, **kwargs)
             except BaseException:
                 if writer.busy:
                     logger.warning("Training raised; waiting for the save in flight to commit")
