@@ -13,6 +13,7 @@ EXPECTED = {
     "quickstart.ipynb": [
         "Training interrupted: interrupted at step 45",
         "Resumed runs/quickstart at epoch 3, step 8 of 16: skipping 8 batches",
+        "'resumed'",  # kr.plot marked the resume point
     ],
     "exact_resume.ipynb": [
         "Training interrupted: interrupted at step 45",

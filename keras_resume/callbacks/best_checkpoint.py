@@ -153,8 +153,8 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
                 f"{current:.5f}; saved {entry['dir']}"
             )
             if self.verbose:
-                io_utils.print_msg(f"\n{message} in {self.ckpt.path}")
-            logger.info("%s in %s", message, self.ckpt.path)
+                io_utils.print_msg(f"\n{message} in {self.ckpt.location}")
+            logger.info("%s in %s", message, self.ckpt.location)
 
         # The next epoch compares with this value; a failed save puts back the
         # manifest's value (`_failed`).

@@ -67,7 +67,7 @@ class FullStateResume(SessionCallback):
         try:
             loaded = self.ckpt.read_checkpoint("latest", verify=self.verify)
         except NoCheckpointError:
-            logger.info("No backup in %s: starting a new run", self.ckpt.path)
+            logger.info("No backup in %s: starting a new run", self.ckpt.location)
             return
         entry = loaded.entry
         info = info_for(self.ckpt, entry)
@@ -129,7 +129,7 @@ class FullStateResume(SessionCallback):
             return
         if scheduler is None:
             warnings.warn(
-                f"The backup in {self.ckpt.path} holds callback state, but no "
+                f"The backup in {self.ckpt.location} holds callback state, but no "
                 "SchedulerCapture is in use now: EarlyStopping/ReduceLROnPlateau restart "
                 "their patience. Add keras_resume.SchedulerCapture(ckpt, [...]).",
                 stacklevel=3,
@@ -138,7 +138,8 @@ class FullStateResume(SessionCallback):
         problems = scheduler.restore_state(self._bundle)
         if problems:
             warnings.warn(
-                f"Callback state in {self.ckpt.path} not fully restored: " + "; ".join(problems),
+                f"Callback state in {self.ckpt.location} not fully restored: "
+                + "; ".join(problems),
                 stacklevel=3,
             )
 
@@ -196,7 +197,7 @@ class FullStateResume(SessionCallback):
         problems = rng_state.restore_process_rng(rng["process"])
         if problems:
             warnings.warn(
-                f"RNG state from {self.ckpt.path} not fully restored: {'; '.join(problems)}. "
+                f"RNG state from {self.ckpt.location} not fully restored: {'; '.join(problems)}. "
                 "Training continues, but is not bit-identical to an uninterrupted run.",
                 stacklevel=2,
             )

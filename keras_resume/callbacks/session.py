@@ -241,7 +241,7 @@ class SessionCallback(keras.callbacks.Callback):
         if isinstance(e, DirectoryLockedError) or not isinstance(e, Exception):
             raise e
         error = SaveError(
-            f"Could not save the {what} to {self.ckpt.path}: {type(e).__name__}: {e}. "
+            f"Could not save the {what} to {self.ckpt.location}: {type(e).__name__}: {e}. "
             "The previous checkpoint is intact. Free disk space or fix the I/O error"
             + (
                 "; training continues without this checkpoint."

@@ -136,7 +136,7 @@ class StepBackup(SessionCallback):
             self._announce(write(), where, epoch)  # on this thread: we exit next
             return True
         except Exception as e:  # the exit status must still say "preempted"
-            logger.error("Could not save on SIGTERM to %s: %s", self.ckpt.path, e)
+            logger.error("Could not save on SIGTERM to %s: %s", self.ckpt.location, e)
             return False
 
     def _exit_preempted(self, where: str, saved: bool | None) -> None:
@@ -144,11 +144,11 @@ class StepBackup(SessionCallback):
         if self.ckpt.writer.discard_outcome() is not None and saved:
             saved = False  # the epoch-end backup, written in the background, failed
         if saved:
-            what = f"saved a full checkpoint {where} in {self.ckpt.path}"
+            what = f"saved a full checkpoint {where} in {self.ckpt.location}"
         elif saved is None:
-            what = f"nothing new to save {where}; the newest backup in {self.ckpt.path} stands"
+            what = f"nothing new to save {where}; the newest backup in {self.ckpt.location} stands"
         else:
-            what = f"the save {where} failed; the previous backup in {self.ckpt.path} is intact"
+            what = f"the save {where} failed; the previous backup in {self.ckpt.location} is intact"
         message = (
             f"SIGTERM: {what}. Exiting with status {EXIT_PREEMPTED}; rerun the same "
             "command to resume."
@@ -232,5 +232,5 @@ class StepBackup(SessionCallback):
     def _announce(self, entry: dict, where: str, epoch: int) -> None:
         message = f"Saved backup {entry['dir']} at {where} {epoch + 1}"
         if self.verbose:
-            io_utils.print_msg(f"\n{message} to {self.ckpt.path}")
-        logger.info("%s to %s", message, self.ckpt.path)
+            io_utils.print_msg(f"\n{message} to {self.ckpt.location}")
+        logger.info("%s to %s", message, self.ckpt.location)
