@@ -328,23 +328,14 @@ class CheckpointDirectory:
                     logger.info("Removing uncommitted checkpoint %s/%s", self.location, name)
                     self.remote.remove_checkpoint(name)
 
-    def commit(
-        self,
-        model,
-        kind: str,
-        bundle: StateBundle | None,
-        position: dict,
-        logs: dict | None = None,
-        update=None,
-        keep: int | None = None,
-    ) -> dict:
+    def commit(self, model, kind: str, *args, **kwargs) -> dict:
         """Snapshots and commits one checkpoint, on this thread; returns its entry.
 
-        See `snapshot` for the arguments. Callbacks use `snapshot` and `write`
+        Takes `snapshot`'s arguments. Callbacks use `snapshot` and `write`
         separately, to write on the background writer.
         """
         self.wait()
-        return self.write(self.snapshot(model, kind, bundle, position, logs, update, keep))
+        return self.write(self.snapshot(model, kind, *args, **kwargs))
 
     def snapshot(
         self,

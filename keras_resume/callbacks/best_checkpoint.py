@@ -132,17 +132,7 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
             mf.record_history(manifest, epoch, logs)
 
         def prepare():
-            pending = self.ckpt.snapshot(
-                self.model,
-                "best",
-                None,
-                position,
-                logs,
-                update,
-                keep=self.keep,
-                weights=self.snapshot_weights(),
-            )
-            return lambda: self.ckpt.write(pending)
+            return self.snapshot("best", None, position, logs, update, self.keep)
 
         def done(entry):
             was = previous

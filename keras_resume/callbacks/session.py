@@ -225,6 +225,13 @@ class SessionCallback(keras.callbacks.Callback):
             ("weights", id(model)), lambda: model_state.snapshot_weights(model, buffers)
         )
 
+    def snapshot(self, kind: str, bundle, position: dict, logs, update, keep: int):
+        """Takes a checkpoint of the model now; returns the write for the writer thread."""
+        pending = self.ckpt.snapshot(
+            self.model, kind, bundle, position, logs, update, keep, self.snapshot_weights()
+        )
+        return lambda: self.ckpt.write(pending)
+
     def attempt(self, what: str, save) -> None:
         """Runs `save()` on this thread; a failure is handled as `on_error` says."""
         try:

@@ -217,17 +217,7 @@ class StepBackup(SessionCallback):
             if epoch_complete:
                 mf.record_history(manifest, epoch, logs)
 
-        pending = self.ckpt.snapshot(
-            model,
-            "backup",
-            bundle,
-            position,
-            logs,
-            update,
-            keep=self.keep,
-            weights=self.snapshot_weights(),
-        )
-        return lambda: self.ckpt.write(pending)
+        return self.snapshot("backup", bundle, position, logs, update, self.keep)
 
     def _announce(self, entry: dict, where: str, epoch: int) -> None:
         message = f"Saved backup {entry['dir']} at {where} {epoch + 1}"
