@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import keras_resume as kr
-from keras_resume import remote
+from keras_resume import cli, remote
 from tests.conftest import (
     TESTS,
     all_variables,
@@ -85,6 +85,9 @@ def test_remote_run_commits_to_s3_and_restores_on_a_fresh_machine(s3_endpoint, c
     listed = sorted(c["dir"] for c in manifest["checkpoints"])
     assert _remote_names(s3_endpoint, url) == sorted([*listed, "manifest.json"])
     shutil.rmtree(cache)  # another machine: nothing local
+    assert cli.main(["verify", url]) == 0
+    listed_ids = [row["id"] for row in kr.list_checkpoints(url)]
+    assert listed_ids == [c["id"] for c in manifest["checkpoints"]]
     fresh = tiny_model()
     fresh.build((None, 3))
     info = kr.restore(fresh, url)
