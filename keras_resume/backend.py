@@ -44,12 +44,6 @@ def read_int(variable) -> int:
     return int(to_numpy(variable))
 
 
-def host_copy(value) -> np.ndarray:
-    """A numpy array that owns its data: later training steps cannot change it."""
-    array = keras.ops.convert_to_numpy(value)
-    return array if array.flags.owndata else array.copy()
-
-
 def _host_view(value) -> np.ndarray:
     """`value` as a numpy array, without a copy where the backend allows one.
 

@@ -168,6 +168,10 @@ class CheckpointDirectory:
         """Raises `CheckpointCorruptError` if any file of `entry` is damaged."""
         root = self._local_copy(entry)
         self._check_location(root)
+        self._verify_files(root, entry)
+
+    @staticmethod
+    def _verify_files(root: Path, entry: dict) -> None:
         for record in entry["files"]:
             storage.verify_file(root, record)
 
@@ -255,7 +259,7 @@ class CheckpointDirectory:
 
             def check():
                 try:
-                    self.verify(entry)
+                    self._verify_files(root, entry)
                 except BaseException as e:  # reported below, on this thread
                     problems.append(e)
 
@@ -281,9 +285,6 @@ class CheckpointDirectory:
         if read_error is not None:
             raise read_error
         return LoadedCheckpoint(entry, weights, bundle)
-
-    def load_state(self, entry: dict) -> StateBundle:
-        return StateBundle.read(self._local_copy(entry))
 
     def fingerprint_of(self, entry: dict) -> dict:
         return self.read_manifest()["fingerprints"][entry["fingerprint"]]

@@ -147,40 +147,46 @@ class BackgroundWriter:
 
     def wait(self) -> None:
         """Blocks until the save in flight has committed (or failed), and reports it."""
-        job = self._job
-        if job is None:
-            return
-        job.thread.join()
-        self._job = None
-        self._finish(job)
+        job = self._take()
+        if job is not None:
+            self._finish(job)
 
     def discard_outcome(self) -> BaseException | None:
         """Waits for the save in flight; returns its error instead of reporting it.
 
         For a `fit` that is already unwinding from another exception.
         """
-        job = self._job
+        job = self._take()
         if job is None:
             return None
-        job.thread.join()
-        self._job = None
-        for (_, on_done, _), result in zip(job.tasks, job.results):
-            if on_done is not None:  # a save that committed still gets its line
-                on_done(result)
+        _report_done(job)  # a save that committed still gets its line
         if job.error is not None:
             logger.error("Background save (%s) failed: %s", job.what, job.error)
         return job.error
 
+    def _take(self) -> _Job | None:
+        """The job in flight, once it has ended; it is no longer the writer's."""
+        job = self._job
+        if job is not None:
+            job.thread.join()
+            self._job = None
+        return job
+
     @staticmethod
     def _finish(job: _Job) -> None:
-        for (_, on_done, _), result in zip(job.tasks, job.results):
-            if on_done is not None:
-                on_done(result)
+        _report_done(job)
         if job.error is not None:
             on_error = job.failed_task[2]
             if on_error is None:
                 raise job.error
             on_error(job.error)
+
+
+def _report_done(job: _Job) -> None:
+    """Runs `on_done(result)` of every task of `job` that completed."""
+    for (_, on_done, _), result in zip(job.tasks, job.results):
+        if on_done is not None:
+            on_done(result)
 
 
 def _run_here(what: str, tasks: list) -> _Job:

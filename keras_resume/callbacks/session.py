@@ -202,7 +202,7 @@ class SessionCallback(keras.callbacks.Callback):
     def after_epoch(self, epoch: int, logs: dict) -> None:
         """End-of-epoch work, run after every callback's `on_epoch_end`."""
 
-    def save(self, what: str, prepare, on_done=None, background: bool = True) -> None:
+    def save(self, what: str, prepare, on_done=None) -> None:
         """Takes a save: `prepare()` snapshots now and returns the write to run.
 
         The write runs on the directory's background writer (at most one in
@@ -215,7 +215,7 @@ class SessionCallback(keras.callbacks.Callback):
             prepare,
             on_done=on_done,
             on_error=lambda e: self._failed(what, e),
-            background=background and self.background,
+            background=self.background,
         )
 
     def snapshot_weights(self):
@@ -231,13 +231,6 @@ class SessionCallback(keras.callbacks.Callback):
             self.model, kind, bundle, position, logs, update, keep, self.snapshot_weights()
         )
         return lambda: self.ckpt.write(pending)
-
-    def attempt(self, what: str, save) -> None:
-        """Runs `save()` on this thread; a failure is handled as `on_error` says."""
-        try:
-            save()
-        except Exception as e:
-            self._failed(what, e)
 
     def _failed(self, what: str, e: BaseException) -> None:
         """A save failed: raises `SaveError` or warns, as `on_error` says.
