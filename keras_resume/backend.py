@@ -149,6 +149,17 @@ def _stock_optimizer_path(model) -> tuple[str, object] | None:
     return None
 
 
+def sync_state(model) -> None:
+    """Puts the training state back into the model's variables, where it is not.
+
+    JAX's `fit` keeps the state outside the variables during an epoch (their
+    values are dropped); reading a variable then gives its initializer's
+    value. Keras's `Callback.model` syncs too, but only when reached that way.
+    """
+    if name() == "jax" and hasattr(model, "jax_state_sync"):
+        model.jax_state_sync()
+
+
 def snapshot_weights(model, buffers: dict | None = None) -> list[tuple]:
     """Host copies of everything `model.save_weights` would write, in its layout.
 
@@ -156,6 +167,7 @@ def snapshot_weights(model, buffers: dict | None = None) -> list[tuple]:
     the caller), the copies go into the previous snapshot's arrays: that
     snapshot must no longer be in use.
     """
+    sync_state(model)
     saving_lib = _stores()
     store = _snapshot_store_class()(buffers)
     skip = set()
@@ -278,44 +290,84 @@ def assign_weights(model, groups: dict) -> None:
 
 
 def capture_backend_rng() -> dict:
-    """JSON-able state of the backend's own process-wide random generators."""
-    if name() != "tensorflow":
-        return {}
-    from tensorflow.python.eager import context
+    """JSON-able state of the process-wide random generators outside Python and NumPy.
 
-    # Without a global seed, TensorFlow seeds ops (tf.data shuffles included)
-    # from OS entropy in every process: no saved state can make a resume exact.
-    state = {"global_seed": context.global_seed()}
-    rng = getattr(context.context(), "_rng", None)
-    if rng is not None:
-        # Eager ops without an op seed draw it from this `random.Random`.
-        state["tf_op_seed_rng"] = _python_rng_to_json(rng.getstate())
-    generator = _tf_global_generator()
-    if generator is not None:
-        state["tf_global_generator"] = generator.state.numpy().tolist()
+    TensorFlow's generators are captured whenever TensorFlow is loaded, on every
+    backend: `tf.data` pipelines (and Keras's own data adapters) draw from them.
+    On PyTorch, torch's default generators: `fit(shuffle=True)` draws its
+    permutation from them. JAX keeps no global generator.
+    """
+    state = {"global_seed": _global_seed()}
+    if _tensorflow_loaded():
+        from tensorflow.python.eager import context
+
+        rng = getattr(context.context(), "_rng", None)
+        if rng is not None:
+            # Eager ops without an op seed draw it from this `random.Random`.
+            state["tf_op_seed_rng"] = _python_rng_to_json(rng.getstate())
+        generator = _tf_global_generator()
+        if generator is not None:
+            state["tf_global_generator"] = generator.state.numpy().tolist()
+    if name() == "torch":
+        import torch
+
+        state["torch_cpu"] = torch.get_rng_state().tolist()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["torch_cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
+
+
+def _global_seed():
+    """The seed of `keras.utils.set_random_seed` (or `tf.random.set_seed`), None if unseeded.
+
+    Without one, shuffles and unseeded ops draw from OS entropy in every
+    process: no saved state can make a resume exact.
+    """
+    from keras.src.backend.common import global_state
+    from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
+
+    seed = global_state.get_global_attribute(GLOBAL_RANDOM_SEED)
+    if seed is None and _tensorflow_loaded():
+        from tensorflow.python.eager import context
+
+        seed = context.global_seed()
+    return seed
+
+
+def _tensorflow_loaded() -> bool:
+    return "tensorflow" in sys.modules
 
 
 def restore_backend_rng(state: dict) -> list[str]:
     """Restores what `capture_backend_rng` saved; returns what could not be restored."""
     missing = []
-    if not state:
-        return missing
-    if name() != "tensorflow":
-        return sorted(state)
-    from tensorflow.python.eager import context
-
-    if "tf_op_seed_rng" in state:
-        rng = getattr(context.context(), "_rng", None)
-        if rng is None:
-            missing.append("tf_op_seed_rng (call keras.utils.set_random_seed first)")
-        else:
-            rng.setstate(_python_rng_from_json(state["tf_op_seed_rng"]))
-    if "tf_global_generator" in state:
+    if "tf_op_seed_rng" in state or "tf_global_generator" in state:
         import tensorflow as tf
+        from tensorflow.python.eager import context
 
-        generator = tf.random.get_global_generator()
-        generator.state.assign(np.asarray(state["tf_global_generator"], dtype=np.int64))
+        if "tf_op_seed_rng" in state:
+            rng = getattr(context.context(), "_rng", None)
+            if rng is None:
+                missing.append("tf_op_seed_rng (call keras.utils.set_random_seed first)")
+            else:
+                rng.setstate(_python_rng_from_json(state["tf_op_seed_rng"]))
+        if "tf_global_generator" in state:
+            generator = tf.random.get_global_generator()
+            generator.state.assign(np.asarray(state["tf_global_generator"], dtype=np.int64))
+    if "torch_cpu" in state or "torch_cuda" in state:
+        if name() != "torch":
+            return missing + [k for k in ("torch_cpu", "torch_cuda") if k in state]
+        import torch
+
+        if "torch_cpu" in state:
+            torch.set_rng_state(torch.tensor(state["torch_cpu"], dtype=torch.uint8))
+        if "torch_cuda" in state:
+            if torch.cuda.is_available() and torch.cuda.device_count() == len(state["torch_cuda"]):
+                torch.cuda.set_rng_state_all(
+                    [torch.tensor(s, dtype=torch.uint8) for s in state["torch_cuda"]]
+                )
+            else:
+                missing.append("torch_cuda (another number of CUDA devices)")
     return missing
 
 
@@ -401,22 +453,74 @@ def py_dataset_of(epoch_iterator):
     return getattr(adapter, "py_dataset", None)
 
 
+def iterators_draw_lazily() -> bool:
+    """Whether `fit`'s `_get_iterator` returns something that makes the data
+    iterator only when first drawn from (JAX, PyTorch) rather than at once (TensorFlow)."""
+    return name() != "tensorflow"
+
+
+def open_iterator(epoch_iterator) -> None:
+    """Makes the data iterator `fit` makes at an epoch's start, and draws nothing from it.
+
+    What matters is what making it changes: a `tf.data` shuffle reshuffles per
+    iterator. On TensorFlow `_get_iterator` makes the dataset's iterator; on JAX
+    and PyTorch it returns a generator (or loader) that makes one only when
+    first drawn from, so the dataset's iterator is made here directly.
+    """
+    iterator = epoch_iterator._get_iterator()
+    dataset = getattr(getattr(epoch_iterator, "data_adapter", None), "_dataset", None)
+    if name() != "tensorflow" and _is_tf_dataset(dataset):
+        iter(dataset)
+    else:
+        iter(iterator)
+
+
+def _is_tf_dataset(value) -> bool:
+    if not _tensorflow_loaded():
+        return False
+    import tensorflow as tf
+
+    return isinstance(value, tf.data.Dataset)
+
+
 def uses_persistent_iterator(epoch_iterator) -> bool:
     """True when `fit` keeps one data iterator across epochs (`steps_per_epoch` set)."""
     return bool(getattr(epoch_iterator, "steps_per_epoch", None))
 
 
-def skip_batches(iterator, count: int):
-    """Draws `count` batches from what `fit` passes to `train_function`, training on none.
+def skip_batches(args: tuple, count: int):
+    """Draws the batches of one `train_function(*args)` call, training on none.
 
-    On TensorFlow `train_function` receives the dataset iterator and draws the
-    batches itself; on the other backends `fit` has already drawn them. Returns
-    the first batch.
+    On TensorFlow `train_function(iterator)` draws its `count` batches itself,
+    and so does JAX's `train_function(state, iterator)`; on PyTorch `fit` has
+    already drawn the one batch into `train_function(data)`. Returns the first.
     """
-    if name() != "tensorflow":
-        return iterator[0]
+    if name() == "torch":
+        return args[0][0]
+    iterator = args[-1]
     batches = [next(iterator) for _ in range(count)]
     return batches[0]
+
+
+def untrained_result(model, args: tuple, metrics_restored: bool):
+    """What a `train_function(*args)` call that trained nothing returns.
+
+    The running metrics as logs; on JAX also the training state it was given,
+    with the metric variables just restored into the model when
+    `metrics_restored` (JAX's `fit` keeps the state outside the variables
+    during an epoch, and reads the metrics from it).
+    """
+    if name() != "jax":
+        return model.get_metrics_result()
+    from keras.src.backend.common.stateless_scope import StatelessScope
+
+    state = tuple(args[0])
+    metrics = list(state[-1])
+    if metrics_restored:
+        metrics = [v.value for v in model.metrics_variables]
+    with StatelessScope(state_mapping=list(zip(model.metrics_variables, metrics))):
+        logs = model.get_metrics_result()
+    return logs, (*state[:-1], metrics)
 
 
 def build_metrics(model, batch) -> None:

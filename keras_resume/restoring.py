@@ -50,7 +50,15 @@ def load_into_model(model, ckpt: CheckpointDirectory, loaded: LoadedCheckpoint):
     if bundle is not None:
         schema.check_bundle(bundle, ckpt.checkpoint_path(entry))
     model_state.assign_weights(model, loaded.weights)
-    if bundle is not None and "seed_generators" in bundle.meta:
+    rng = bundle.meta.get("rng") if bundle is not None else None
+    if rng is not None and rng_state.crosses_backend(rng["process"]):
+        warnings.warn(
+            f"Checkpoint {where}: model and optimizer weights restored, but "
+            f"{rng_state.cross_backend_message(rng['process'])}. Training continues; it is "
+            "not bit-identical to the original run.",
+            stacklevel=3,
+        )
+    elif bundle is not None and "seed_generators" in bundle.meta:
         problems = rng_state.restore_seed_generators(model, bundle)
         if problems:
             warnings.warn(

@@ -98,9 +98,16 @@ class FullStateResume(SessionCallback):
             return
         self._prepend_history()
         self._restore_callbacks()
+        # The epoch's shuffle is drawn from the process's generators after this
+        # call (NumPy's on JAX, torch's on PyTorch): put them where the original
+        # run had them when this epoch began.
         if not self.session.skip_steps:
-            self._restore_process_rng()
+            rng = self._restore_process_rng()
             self._bundle = None
+        else:
+            rng = self._restore_process_rng("epoch_start")
+        if rng is not None:
+            self.session.epoch_start_rng = (epoch, rng)
 
     def on_train_end(self, logs=None):
         if self._bundle is not None and not self._history_done:
@@ -145,39 +152,32 @@ class FullStateResume(SessionCallback):
 
     def _skip_first_steps(self, step: int) -> None:
         """Makes the first `step` calls of the train step draw their batches only."""
-        model = self.model
-        original = model.train_function
+        model, session = self.model, self.session
         steps_per_call = _steps_per_execution(model)
-        remaining = [step // steps_per_call]
+        calls = step // steps_per_call
+        remaining = [calls]
 
-        def put_back():
-            if model.train_function is train_function:
-                model.train_function = original
-
-        self.session.cleanups.append(put_back)
-
-        session = self.session
-
-        def train_function(data):
+        def skip(original, put_back, *args):
             if session.closed or backend.find_epoch_iterator(model) is not session.epoch_iterator:
                 # A fit that raised during the skip left this wrapper behind; this
                 # is another fit, which must train every batch.
                 put_back()
-                return original(data)
-            first = remaining[0] == step // steps_per_call
+                return original(*args)
+            first = remaining[0] == calls
             remaining[0] -= 1
-            batch = backend.skip_batches(data, steps_per_call)
+            batch = backend.skip_batches(args, steps_per_call)
             if first:
                 self._restore_metrics(batch)
+            result = backend.untrained_result(model, args, metrics_restored=first)
             if remaining[0] == 0:
                 # Done drawing: every generator back where the interruption left
                 # it, before any callback of the next step can save or draw.
                 put_back()
                 self._restore_process_rng()
                 self._bundle = None
-            return model.get_metrics_result()
+            return result
 
-        model.train_function = train_function
+        session.wrap_train_function(skip)
 
     def _restore_metrics(self, batch) -> None:
         # The running epoch's loss and metric accumulators, so that the epoch's
@@ -190,17 +190,19 @@ class FullStateResume(SessionCallback):
                 stacklevel=2,
             )
 
-    def _restore_process_rng(self) -> None:
+    def _restore_process_rng(self, moment: str = "process") -> dict | None:
+        """Restores the generators saved at `moment` ("process": the save; "epoch_start")."""
         rng = self._bundle.meta.get("rng") if self._bundle is not None else None
-        if rng is None:
-            return
-        problems = rng_state.restore_process_rng(rng["process"])
-        if problems:
+        if rng is None or moment not in rng:
+            return None
+        problems = rng_state.restore_process_rng(rng[moment])
+        if problems and not rng_state.crosses_backend(rng["process"]):  # that one was said
             warnings.warn(
                 f"RNG state from {self.ckpt.location} not fully restored: {'; '.join(problems)}. "
                 "Training continues, but is not bit-identical to an uninterrupted run.",
                 stacklevel=2,
             )
+        return rng[moment]
 
     def _prepend_history(self) -> None:
         """Puts the epochs before the resume into the `History` that `fit` returns."""

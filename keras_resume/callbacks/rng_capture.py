@@ -37,6 +37,18 @@ class RngCapture(SessionCallback):
         super().on_train_begin(logs)
         self.session.providers[self.section] = self
 
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        # The generators an epoch's shuffle draws from, as the epoch begins: a
+        # mid-epoch resume redraws that shuffle from them. FullStateResume sets
+        # it instead on the epoch it resumes.
+        started = self.session.epoch_start_rng
+        if started is None or started[0] != epoch:
+            self.session.epoch_start_rng = (epoch, rng_state.capture_process_rng())
+
     def capture_state(self, model, bundle) -> None:
         bundle.meta["rng"] = {"process": rng_state.capture_process_rng()}
+        started = self.session.epoch_start_rng
+        if bundle.meta.get("data", {}).get("mid_epoch") and started is not None:
+            bundle.meta["rng"]["epoch_start"] = started[1]
         rng_state.capture_seed_generators(model, bundle)

@@ -43,12 +43,15 @@ class TrainingSession:
         # trained before the interruption and are only drawn, not trained.
         self.skip_epoch: int | None = None
         self.skip_steps = 0
+        # (epoch, process RNG state as that epoch began): see RngCapture.
+        self.epoch_start_rng: tuple[int, dict] | None = None
         self.closed = False
 
     def skipping(self, epoch: int, batch: int) -> bool:
         return epoch == self.skip_epoch and batch < self.skip_steps
 
     def capture(self, mid_epoch: bool) -> StateBundle:
+        backend.sync_state(self.model)
         bundle = StateBundle()
         bundle.meta["data"] = self.tracker.capture(mid_epoch)
         if mid_epoch:
@@ -74,25 +77,40 @@ class TrainingSession:
         `fit` calls no callback when it raises (Ctrl-C, an OOM): the wrapper
         lets the background save commit before the exception leaves `fit`.
         """
-        model, writer = self.model, self.ckpt.writer
-        original = model.train_function
+        writer = self.ckpt.writer
 
-        def train_function(*args, **kwargs):  # (iterator) on TF, (state, iterator) on JAX
+        def wait_on_error(original, put_back, *args):
             try:
-                return original(*args, **kwargs)
+                return original(*args)
             except BaseException:
                 if writer.busy:
                     logger.warning("Training raised; waiting for the save in flight to commit")
                 writer.discard_outcome()
                 raise
 
+        self.wrap_train_function(wait_on_error)
+
+    def wrap_train_function(self, wrapper) -> None:
+        """Routes `model.train_function(*args)` through `wrapper(original, put_back, *args)`.
+
+        `args` is `(iterator)` on TensorFlow, `(state, iterator)` on JAX and
+        `(data)` on PyTorch. `put_back()` removes the wrapper (if still in
+        place); the session runs it when it closes.
+        """
+        model = self.model
+        original = model.train_function
+        if original is None:
+            return
+
+        def train_function(*args):
+            return wrapper(original, put_back, *args)
+
         def put_back():
             if model.train_function is train_function:
                 model.train_function = original
 
-        if original is not None:
-            model.train_function = train_function
-            self.cleanups.append(put_back)
+        model.train_function = train_function
+        self.cleanups.append(put_back)
 
     def end(self, callback) -> None:
         """Called from each member's `on_train_end`; the last one closes the session."""

@@ -53,10 +53,25 @@ class DataTracker:
 
     def _counting(self, original):
         def get_iterator():
-            self.iterators_created += 1
-            return original()
+            made = original()
+            if not backend.iterators_draw_lazily():
+                self.iterators_created += 1
+                return made
+            # `fit` makes the next epoch's iterator at the end of each epoch and
+            # another at its start: on JAX and PyTorch only the one drawn from
+            # makes the `tf.data` iterator whose making reshuffles.
+            return self._count_first_draw(iter(made))
 
         return get_iterator
+
+    def _count_first_draw(self, iterator):
+        try:
+            first = next(iterator)
+        except StopIteration:
+            return
+        self.iterators_created += 1
+        yield first
+        yield from iterator
 
     def _recording(self, original):
         def on_epoch_end():
@@ -87,7 +102,7 @@ class DataTracker:
         # mid-epoch save, not yet made at an epoch-boundary save.
         ahead = saved["iterators_created"] - (1 if saved["mid_epoch"] else 0)
         for _ in range(max(ahead, 0)):
-            iter(self.epoch_iterator._get_iterator())
+            backend.open_iterator(self.epoch_iterator)
         if self.py_dataset is not None:
             replay = saved["epoch_end_rng"][:epochs_done]
             for state in replay:

@@ -34,9 +34,23 @@ def restore_process_rng(state: dict) -> list[str]:
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    if state.get("backend_name") != backend.name():
-        return [f"{state.get('backend_name')} backend RNG (this process runs {backend.name()})"]
+    if crosses_backend(state):
+        return [cross_backend_message(state)]
     return backend.restore_backend_rng(state.get("backend", {}))
+
+
+def crosses_backend(process_state: dict) -> bool:
+    """Whether `capture_process_rng`'s state was taken on another Keras backend."""
+    return process_state.get("backend_name", backend.name()) != backend.name()
+
+
+def cross_backend_message(process_state: dict) -> str:
+    return (
+        f"random generator state cannot cross Keras backends (written on "
+        f"{process_state.get('backend_name')}, this process runs {backend.name()}): each "
+        "backend draws dropout masks, augmentation and shuffles with its own algorithm, "
+        "so the SeedGenerator and backend generator states are not restored"
+    )
 
 
 def capture_seed_generators(model, bundle: StateBundle) -> None:

@@ -67,6 +67,22 @@ def _process_rng(state, where):
     if "tf_global_generator" in backend:
         generator = _ints(backend["tf_global_generator"], f"{where}.backend.tf_global_generator")
         _in_range(generator, -(2**63), 2**63, f"{where}.backend.tf_global_generator")
+    if "torch_cpu" in backend:
+        _in_range(
+            _ints(backend["torch_cpu"], f"{where}.backend.torch_cpu"),
+            0,
+            256,
+            f"{where}.backend.torch_cpu",
+        )
+    for i, device in enumerate(
+        _is(backend.get("torch_cuda", []), list, f"{where}.backend.torch_cuda")
+    ):
+        _in_range(
+            _ints(device, f"{where}.backend.torch_cuda[{i}]"),
+            0,
+            256,
+            f"{where}.backend.torch_cuda[{i}]",
+        )
     _is(state.get("backend_name", ""), str, f"{where}.backend_name")
 
 
@@ -87,7 +103,10 @@ def _check(bundle: StateBundle) -> None:
         for i, state in enumerate(_is(data.get("epoch_end_rng"), list, "data.epoch_end_rng")):
             _process_rng(state, f"data.epoch_end_rng[{i}]")
     if "rng" in meta:
-        _process_rng(_is(meta["rng"], dict, "rng").get("process"), "rng.process")
+        rng = _is(meta["rng"], dict, "rng")
+        _process_rng(rng.get("process"), "rng.process")
+        if "epoch_start" in rng:
+            _process_rng(rng["epoch_start"], "rng.epoch_start")
     if "seed_generators" in meta:
         names = _is(meta["seed_generators"], list, "seed_generators")
         for i, name in enumerate(names):
