@@ -23,6 +23,13 @@ Figures per contender:
   run; median over runs).
 
     python benchmarks/stall.py --params 1e6 25e6 --every 20 --saves 5 --json stall.json
+
+On JAX (KERAS_BACKEND=jax) with an accelerator, keras_resume's default
+`snapshot="auto"` copies on the device; `keras_resume_host` is the same with
+`snapshot="host"`, and the device-copy floor is printed. The GPU model of the
+backends issue (8 x Dense(4096) + Adam, 134M parameters):
+
+    KERAS_BACKEND=jax python benchmarks/stall.py --params 134e6 --batch 128 --json stall-gpu.json
 """
 
 from __future__ import annotations
@@ -45,7 +52,8 @@ import numpy as np  # noqa: E402
 
 import keras_resume as kr  # noqa: E402
 
-SHAPES = {1e6: (512, 4), 25e6: (2048, 6), 100e6: (4096, 6)}  # width, depth
+# width, depth; 134e6 is the GPU model of the backends issue: 8 x Dense(4096) + Adam.
+SHAPES = {1e6: (512, 4), 25e6: (2048, 6), 100e6: (4096, 6), 134e6: (4096, 8)}
 
 
 def build(params: float):
@@ -74,6 +82,33 @@ def host_copy_seconds(model, repeats=3) -> float:
     return min(times)
 
 
+def device_copy_seconds(model, repeats=3) -> float | None:
+    """JAX on an accelerator: one device-side copy of every variable, finished, best of 3."""
+    if keras.backend.backend() != "jax":
+        return None
+    import jax
+    import jax.numpy as jnp
+
+    values = [v.value for v in state_variables(model)]
+    if all(d.platform == "cpu" for value in values for d in value.devices()):
+        return None
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready([jnp.array(value, copy=True) for value in values])
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def describe_device() -> str:
+    if keras.backend.backend() == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return f"jax {jax.__version__} on {device.platform}: {device.device_kind}"
+    return f"{keras.backend.backend()} on CPU"
+
+
 def timed(obj, name, sink):
     """Wraps `obj.name` so that each call's duration is appended to `sink`."""
     original = getattr(obj, name)
@@ -100,8 +135,11 @@ def contender(name, directory: Path, every: int, stalls: list):
     if name == "none":
         return []
     if name.startswith("keras_resume"):
-        background = name == "keras_resume"
-        backup = kr.StepBackup(directory, every_n_steps=every, keep=1, background=background)
+        background = name != "keras_resume_sync"
+        snapshot = "host" if name == "keras_resume_host" else "auto"
+        backup = kr.StepBackup(
+            directory, every_n_steps=every, keep=1, background=background, snapshot=snapshot
+        )
         timed(backup, "_save", stalls)
         return [backup, kr.RngCapture(directory)]
     if name == "OrbaxCheckpoint":
@@ -154,7 +192,10 @@ def run_size(
     initial = [v.numpy() for v in state_variables(model)]
     raw = sum(a.nbytes for a in initial)
     floor = host_copy_seconds(model)
+    device_floor = device_copy_seconds(model)
     names = ["none", "keras_resume", "keras_resume_sync", "BackupAndRestore", "ModelCheckpoint"]
+    if device_floor is not None:  # snapshot="auto" copies on the device: compare with host
+        names.insert(2, "keras_resume_host")
     if orbax_available():
         names.append("OrbaxCheckpoint")
     runs: dict[str, list[dict]] = {name: [] for name in names}
@@ -202,6 +243,8 @@ def run_size(
             "stall_max_s": round(max(stalls), 4) if stalls else 0.0,
             "raw_state_bytes": raw,
             "host_copy_s": round(floor, 4),
+            "device_copy_s": round(device_floor, 4) if device_floor is not None else None,
+            "device": describe_device(),
             "peak_rss_bytes": int(median(r["rss"] for r in runs[name])),
         }
         for key in ("disk_bytes", "restore_s", "load_weights_s"):
@@ -282,9 +325,12 @@ def main() -> None:
         f"{'disk/raw':>9}{'RSS+/raw':>9}"
     )
     print(
-        f"batch {args.batch}, a save every {args.every} steps, {args.saves} saves a run, "
-        f"{args.repeats} repetition(s)"
+        f"{describe_device()}; batch {args.batch}, a save every {args.every} steps, "
+        f"{args.saves} saves a run, {args.repeats} repetition(s)"
     )
+    for r in rows:
+        if r["device_copy_s"] is not None and r["contender"] == "none":
+            print(f"device copy of the state ({r['params']} params): {r['device_copy_s']:.4f} s")
     print(header)
     for r in rows:
         ratio = r["stall_per_save_s"] / r["host_copy_s"] if r["saves"] else 0

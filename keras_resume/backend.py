@@ -60,6 +60,73 @@ def _host_view(value) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(value))
 
 
+SNAPSHOT_MODES = ("auto", "device", "host")
+
+
+def device_snapshot(model, mode: str) -> bool:
+    """Whether a snapshot of `model` is copied on its accelerator instead of to the host.
+
+    A device copy blocks training only for the copy on the device; the writer
+    thread moves it to the host. It needs room for one more copy of the state
+    in device memory. `mode`: "device" (JAX only), "host", or "auto": a device
+    copy on JAX when the variables live on an accelerator with room to spare.
+    """
+    check_snapshot_mode(mode)
+    if mode == "host" or name() != "jax":
+        return False
+    if mode == "device":
+        return True
+    sync_state(model)
+    values = [v.value for v in model.weights + _optimizer_variables(model)]
+    devices = {d for value in values for d in getattr(value, "devices", lambda: ())()}
+    if not devices or any(d.platform == "cpu" for d in devices):
+        return False  # host memory already: a "device" copy is a host copy
+    need = sum(value.nbytes for value in values) / len(devices)
+    for device in devices:
+        stats = device.memory_stats() or {}
+        if "bytes_limit" not in stats or "bytes_in_use" not in stats:
+            return False
+        if stats["bytes_limit"] - stats["bytes_in_use"] < 1.1 * need:
+            return False
+    return True
+
+
+def check_snapshot_mode(mode: str) -> None:
+    if mode not in SNAPSHOT_MODES:
+        raise ValueError(
+            f"Invalid value for argument snapshot. Received: snapshot={mode!r}. "
+            f"Expected one of {', '.join(map(repr, SNAPSHOT_MODES))}."
+        )
+    if mode == "device" and name() != "jax":
+        raise ValueError(
+            f"snapshot='device' needs the JAX backend; this process runs {name()}. "
+            "Use snapshot='auto' (a device copy where possible) or 'host'."
+        )
+
+
+def _optimizer_variables(model) -> list:
+    optimizer = getattr(model, "optimizer", None)
+    return list(optimizer.variables) if optimizer is not None else []
+
+
+def _device_copy(value):
+    """A copy of a JAX array in the same device memory, with the same sharding.
+
+    Dispatched asynchronously: the training thread does not wait for it. The
+    next step may donate the original's buffer; JAX orders this read first.
+    """
+    import jax.numpy as jnp
+
+    if isinstance(value, keras.Variable):
+        value = value.value
+    return jnp.array(value, copy=True)
+
+
+def to_host(value) -> np.ndarray:
+    """A snapshot value as a host array (a device copy is moved here)."""
+    return value if isinstance(value, np.ndarray) else np.asarray(value)
+
+
 def copy_into(buffers: dict | None, slot, value) -> np.ndarray:
     """A host copy of `value`, written into `buffers[slot]` when one of its shape exists.
 
@@ -97,10 +164,11 @@ def _snapshot_store_class():
     class SnapshotStore(saving_lib.H5IOStore):
         """Records `make(path, metadata)` and `store[key] = value` as host copies."""
 
-        def __init__(self, buffers):  # no file: nothing of H5IOStore's state is used
+        def __init__(self, buffers, on_device):  # no file: nothing of H5IOStore's is used
             self.entries: list = []
             self.mode = "w"
             self.buffers = buffers
+            self.on_device = on_device
 
         def __bool__(self):
             return True
@@ -112,7 +180,10 @@ def _snapshot_store_class():
 
         def __setitem__(self, key, value):
             path = self._current[0]
-            self._current[2][key] = copy_into(self.buffers, (path, key), value)
+            if self.on_device:
+                self._current[2][key] = _device_copy(value)
+            else:
+                self._current[2][key] = copy_into(self.buffers, (path, key), value)
 
         def __len__(self):
             return len(self._current[2])
@@ -160,16 +231,18 @@ def sync_state(model) -> None:
         model.jax_state_sync()
 
 
-def snapshot_weights(model, buffers: dict | None = None) -> list[tuple]:
-    """Host copies of everything `model.save_weights` would write, in its layout.
+def snapshot_weights(model, buffers: dict | None = None, on_device: bool = False) -> list[tuple]:
+    """Copies of everything `model.save_weights` would write, in its layout.
 
-    Returns `[(path, metadata, {key: array})]`. With `buffers` (a dict kept by
-    the caller), the copies go into the previous snapshot's arrays: that
-    snapshot must no longer be in use.
+    Returns `[(path, metadata, {key: array})]`. Host copies, or with
+    `on_device` (see `device_snapshot`) copies in device memory that
+    `write_weights` moves to the host. With `buffers` (a dict kept by the
+    caller), host copies go into the previous snapshot's arrays: that snapshot
+    must no longer be in use.
     """
     sync_state(model)
     saving_lib = _stores()
-    store = _snapshot_store_class()(buffers)
+    store = _snapshot_store_class()(buffers, on_device)
     skip = set()
     stock = _stock_optimizer_path(model)
     if stock is not None:
@@ -191,7 +264,7 @@ def write_weights(entries: list[tuple], filepath) -> None:
         for path, metadata, values in entries:
             store.make(path, metadata=metadata)
             for key, value in values.items():
-                store[key] = value
+                store[key] = to_host(value)
     finally:
         store.close()
 

@@ -482,12 +482,14 @@ class CheckpointDirectory:
         track: list | None = None,
         keep: int = 2,
         verbose: int = 0,
+        snapshot: str = "auto",
     ) -> list:
         """The usual set of callbacks, in the right order, for `model.fit(callbacks=...)`.
 
         Returns `[FullStateResume, StepBackup, BestCheckpoint (if monitor),
         RngCapture, SchedulerCapture (if track), *track]`. The tracked callbacks
-        are included: do not list them again.
+        are included: do not list them again. `snapshot` is the savers' (see
+        `StepBackup`).
         """
         from keras_resume.callbacks import (
             BestCheckpoint,
@@ -500,10 +502,14 @@ class CheckpointDirectory:
         track = list(track or [])
         out = [
             FullStateResume(self, verbose=verbose),
-            StepBackup(self, every_n_steps=every_n_steps, keep=keep, verbose=verbose),
+            StepBackup(
+                self, every_n_steps=every_n_steps, keep=keep, verbose=verbose, snapshot=snapshot
+            ),
         ]
         if monitor:
-            out.append(BestCheckpoint(self, monitor=monitor, mode=mode, verbose=verbose))
+            out.append(
+                BestCheckpoint(self, monitor=monitor, mode=mode, verbose=verbose, snapshot=snapshot)
+            )
         out.append(RngCapture(self))
         if track:
             out.append(SchedulerCapture(self, track))

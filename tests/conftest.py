@@ -40,10 +40,24 @@ def all_variables(model):
     return [np.array(v.numpy()) for v in model.weights + model.optimizer.variables]
 
 
-def run_script(*args, check=True, expect_killed=False):
-    """Runs tests/train_script.py in a fresh interpreter; returns the CompletedProcess."""
+BACKENDS = ["tensorflow", "jax", "torch"]
+
+
+def script_env(backend=None) -> dict:
+    """The environment of a training subprocess; `backend` sets KERAS_BACKEND."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0")
+    if backend is not None:
+        env["KERAS_BACKEND"] = backend
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), env.get("PYTHONPATH", "")])
+    return env
+
+
+def run_script(*args, check=True, expect_killed=False, backend=None):
+    """Runs tests/train_script.py in a fresh interpreter; returns the CompletedProcess.
+
+    `backend` runs it on that Keras backend (default: this process's environment).
+    """
+    env = script_env(backend)
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), *map(str, args)],
         env=env,

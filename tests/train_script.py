@@ -42,6 +42,12 @@ def parse_args(argv):
         default=None,
         help="remote runs: SIGKILL after the first file of the N-th checkpoint upload",
     )
+    parser.add_argument("--snapshot", default="auto", choices=["auto", "device", "host"])
+    parser.add_argument(
+        "--restore-only",
+        action="store_true",
+        help="build the model, keras_resume.restore(--dir) into it, and write that state",
+    )
     return parser.parse_args(argv)
 
 
@@ -152,6 +158,8 @@ def main(argv=None):
         keras.utils.set_random_seed(42)
     (x, y), (xv, yv) = make_data()
     model = build_model(args.sched)
+    if args.restore_only:
+        return restore_only(model, args)
     callbacks = []
     if args.kill_at_step is not None:
         callbacks.append(KillAtStep(args.kill_at_step))
@@ -164,7 +172,9 @@ def main(argv=None):
     if args.kill_in_upload is not None:
         kill_in_upload(args.kill_in_upload)
     ckpt = kr.CheckpointDirectory(args.dir)
-    callbacks += ckpt.callbacks(every_n_steps=args.every, monitor="val_loss", track=track)
+    callbacks += ckpt.callbacks(
+        every_n_steps=args.every, monitor="val_loss", track=track, snapshot=args.snapshot
+    )
     if args.no_rng:
         callbacks = [c for c in callbacks if not isinstance(c, kr.RngCapture)]
     history = model.fit(
@@ -176,6 +186,19 @@ def main(argv=None):
     )
     arrays = final_state(model)
     arrays["history"] = np.array(json.dumps({"epoch": history.epoch, **history.history}))
+    np.savez(args.out, **arrays)
+    return 0
+
+
+def restore_only(model, args):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kr.restore(model, args.dir)
+    arrays = final_state(model)
+    said = [str(w.message) for w in caught]
+    arrays["history"] = np.array(json.dumps({"warnings": said, "backend": keras.backend.backend()}))
     np.savez(args.out, **arrays)
     return 0
 

@@ -47,6 +47,8 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
             Defaults to `"raise"`.
         background: write on a background thread (see `StepBackup`).
             Defaults to True.
+        snapshot: `"auto"`, `"device"` or `"host"` (see `StepBackup`).
+            Defaults to `"auto"`.
         verbose: 1 prints one line per save. Defaults to 0.
     """
 
@@ -62,11 +64,13 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
         keep: int = 1,
         on_error: str = "raise",
         background: bool = True,
+        snapshot: str = "auto",
         verbose: int = 0,
     ):
         super().__init__(
             ckpt,
             on_error=on_error,
+            snapshot=snapshot,
             monitor=monitor,
             mode=mode,
             baseline=initial_value_threshold,

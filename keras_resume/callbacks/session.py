@@ -35,6 +35,8 @@ class TrainingSession:
         # of the state, allocated once. Safe to reuse because a snapshot is only
         # taken once the save in flight (which reads them) has finished.
         self.snapshot_buffers: dict = {}
+        # Whether snapshots are copied on the accelerator (decided at the first one).
+        self.on_device: bool | None = None
         ckpt.acquire_writer()
         ckpt.clean_leftovers()
         self._wait_on_error()
@@ -184,14 +186,16 @@ class SessionCallback(keras.callbacks.Callback):
 
     background = True  # saves run on the directory's background writer
 
-    def __init__(self, ckpt, on_error: str = "raise", **kwargs):
+    def __init__(self, ckpt, on_error: str = "raise", snapshot: str = "auto", **kwargs):
         super().__init__(**kwargs)
         if on_error not in ("raise", "warn"):
             raise ValueError(
                 f"Invalid value for argument on_error. Received: on_error={on_error!r}. "
                 "Expected 'raise' or 'warn'."
             )
+        backend.check_snapshot_mode(snapshot)
         self.on_error = on_error
+        self.snapshot_mode = snapshot
         self.ckpt = as_directory(ckpt)
         self.session: TrainingSession | None = None
         self._epoch_end: tuple[int, dict] | None = None
@@ -237,11 +241,26 @@ class SessionCallback(keras.callbacks.Callback):
         )
 
     def snapshot_weights(self):
-        """The model's weights now; one snapshot shared by the saves of one instant."""
-        model, buffers = self.model, self.session.snapshot_buffers
-        return self.ckpt.writer.shared(
-            ("weights", id(model)), lambda: model_state.snapshot_weights(model, buffers)
-        )
+        """The model's weights now; one snapshot shared by the saves of one instant.
+
+        Copied on the accelerator where `snapshot` allows (the writer thread
+        moves it to the host), else into host buffers reused across the saves.
+        """
+        model, session = self.model, self.session
+        if session.on_device is None:
+            session.on_device = backend.device_snapshot(model, self.snapshot_mode)
+            logger.debug(
+                "Snapshots of %s: %s copies",
+                self.ckpt.location,
+                "device" if session.on_device else "host",
+            )
+
+        def take():
+            return model_state.snapshot_weights(
+                model, session.snapshot_buffers, on_device=session.on_device
+            )
+
+        return self.ckpt.writer.shared(("weights", id(model)), take)
 
     def snapshot(self, kind: str, bundle, position: dict, logs, update, keep: int):
         """Takes a checkpoint of the model now; returns the write for the writer thread."""

@@ -57,6 +57,13 @@ class StepBackup(SessionCallback):
             blocked only while the state is copied to host memory. At most one
             save is in flight; a backup that comes due while the previous one
             is still writing waits for it. Defaults to True.
+        snapshot: where the training thread copies the state: `"device"`
+            (JAX: a copy in accelerator memory, moved to the host by the
+            writer thread, so training waits only for the device copy),
+            `"host"`, or `"auto"`: a device copy on JAX when the variables live
+            on an accelerator with room for one more copy of them, else host.
+            Both savers of one directory share each snapshot. Defaults to
+            `"auto"`.
         verbose: 1 prints one line per backup. Defaults to 0.
     """
 
@@ -70,9 +77,10 @@ class StepBackup(SessionCallback):
         on_error: str = "raise",
         save_on_sigterm: bool = True,
         background: bool = True,
+        snapshot: str = "auto",
         verbose: int = 0,
     ):
-        super().__init__(ckpt, on_error=on_error)
+        super().__init__(ckpt, on_error=on_error, snapshot=snapshot)
         self.background = bool(background)
         check_positive_int("every_n_steps", every_n_steps, allow_none=True)
         check_positive_int("keep", keep, allow_none=False)

@@ -90,12 +90,13 @@ def check_compatible(saved: dict, model, where: str, with_optimizer: bool = True
         )
 
 
-def snapshot_weights(model, buffers: dict | None = None) -> list:
-    """Host copies of the model and optimizer variables, as `save_weights` lays them out.
+def snapshot_weights(model, buffers: dict | None = None, on_device: bool = False) -> list:
+    """Copies of the model and optimizer variables, as `save_weights` lays them out.
 
     `buffers`: arrays of a previous snapshot, no longer in use, to copy into.
+    `on_device`: copy in accelerator memory instead (`backend.device_snapshot`).
     """
-    return backend.snapshot_weights(model, buffers)
+    return backend.snapshot_weights(model, buffers, on_device)
 
 
 def write_weights(snapshot: list, directory: Path) -> str:
