@@ -31,7 +31,10 @@ def test_weights_cross_backends_and_rng_says_it_cannot(tmp_path, writer, reader)
     assert {k.split("/")[0] for k in weights} == {"model", "optimizer"}
     differ = [k for k in weights if not np.array_equal(trained[k], restored[k])]
     assert differ == [], f"{len(differ)} variables differ after a {writer} -> {reader} restore"
-    assert all(trained[k].dtype == restored[k].dtype for k in weights)
+    # Step counters are int64 on TensorFlow, int32 on JAX and PyTorch; all else is float32.
+    floats = [k for k in weights if trained[k].dtype.kind == "f"]
+    assert len(floats) == len(weights) - 1
+    assert all(trained[k].dtype == restored[k].dtype for k in floats)
 
     cross = [w for w in said["warnings"] if "cannot cross Keras backends" in w]
     assert len(cross) == 1, said["warnings"]

@@ -49,12 +49,25 @@ def ensure_built(model, where: str) -> None:
         optimizer.build(model.trainable_variables)
 
 
+_INTEGER_DTYPES = {"int32", "int64"}
+
+
+def _same_dtype(saved: str, live: str) -> bool:
+    """Equal dtypes, or both 32/64-bit integers.
+
+    Step counters (the optimizer's `iteration`) are int64 on TensorFlow and
+    int32 on JAX and PyTorch: a checkpoint crossing backends assigns the count
+    into the other width, exactly, below 2**31 steps.
+    """
+    return saved == live or {saved, live} <= _INTEGER_DTYPES
+
+
 def _differences(label: str, saved: list, live: list, limit: int = 8) -> list[str]:
     out = []
     if len(saved) != len(live):
         out.append(f"{label}: checkpoint has {len(saved)}, model has {len(live)}")
     for (s_path, s_shape, s_dtype), (l_path, l_shape, l_dtype) in zip(saved, live):
-        if s_shape != l_shape or s_dtype != l_dtype:
+        if s_shape != l_shape or not _same_dtype(s_dtype, l_dtype):
             out.append(
                 f"{label} {l_path!r} (checkpoint: {s_path!r}): shape/dtype "
                 f"{s_shape}/{s_dtype} in the checkpoint, {l_shape}/{l_dtype} in the model"
