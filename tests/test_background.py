@@ -30,11 +30,17 @@ class SlowWrites:
         self.active = self.max_active = 0
         self.calls = []  # (global_step, thread name, model steps at start, at end)
         self.model = None
+        self.trained = -1
         self.lock = threading.Lock()
         monkeypatch.setattr(self.directory, "write", self.write)
 
     def steps(self):
-        return backend.read_int(self.model.optimizer.iterations) if self.model else -1
+        # Counted on the training thread: on JAX the variables cannot be read from
+        # another thread mid-epoch (fit holds the state; the old buffers are donated).
+        return self.trained
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.trained += 1
 
     def write(self, pending):
         with self.lock:
@@ -71,9 +77,10 @@ class Record(keras.callbacks.Callback):
 def _fit(ckpt_dir, slow, epochs=2, every=2, extra=(), background=True, on_error="raise"):
     keras.utils.set_random_seed(0)
     model = tiny_model()
-    slow.model = model
+    slow.model, slow.trained = model, 0
     x, y = tiny_data(64)
     callbacks = [
+        keras.callbacks.LambdaCallback(on_train_batch_end=slow.on_train_batch_end),
         kr.StepBackup(
             ckpt_dir, every_n_steps=every, keep=100, background=background, on_error=on_error
         ),
@@ -159,11 +166,11 @@ def test_exception_in_a_training_step_waits_for_the_save(ckpt_dir, monkeypatch):
     model.make_train_function()
     original, calls = model.train_function, [0]
 
-    def raising(data):
+    def raising(*args):  # (iterator) on TensorFlow, (state, iterator) on JAX, (data) on torch
         calls[0] += 1
         if calls[0] == 4:  # the backup after step 3 is being written
             raise KeyboardInterrupt("Ctrl-C inside a step")
-        return original(data)
+        return original(*args)
 
     model.train_function = raising
     callbacks = [kr.StepBackup(ckpt_dir, every_n_steps=3), kr.RngCapture(ckpt_dir)]
