@@ -36,12 +36,78 @@ _BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 
 
 def to_numpy(variable) -> np.ndarray:
-    """A host copy of a Keras variable's value (works for distributed variables too)."""
-    return np.array(keras.ops.convert_to_numpy(variable.value), copy=True)
+    """A host copy of a Keras variable's value, as the model reads it.
+
+    Works for distributed variables too: a mirrored variable gives the value its
+    copies share, TensorFlow's per-replica metric accumulators (SyncOnRead) the
+    aggregate of their copies (numpy cannot convert those directly).
+    """
+    value = variable.value
+    if name() == "tensorflow":
+        import tensorflow as tf
+
+        value = tf.convert_to_tensor(value)
+    return np.array(keras.ops.convert_to_numpy(value), copy=True)
 
 
 def read_int(variable) -> int:
     return int(to_numpy(variable))
+
+
+def _replica_components(variable) -> tuple | None:
+    """The per-replica copies of a `tf.distribute` variable, else None."""
+    if name() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    value = variable.value if isinstance(variable, keras.Variable) else variable
+    if not isinstance(value, tf.distribute.DistributedValues):
+        return None
+    components = tuple(value.distribute_strategy.experimental_local_results(value))
+    return components if len(components) > 1 else None
+
+
+def replica_values(variable) -> list[np.ndarray] | None:
+    """Each replica's own copy of a distributed variable, else None (it has one value).
+
+    Under a `tf.distribute` strategy every replica holds a copy, and the copies
+    can differ: a metric accumulator (SyncOnRead) holds each replica's share
+    and a read sums them; a mirrored variable that a layer assigns during the
+    step (BatchNormalization's moving statistics) follows each replica's own
+    share of the batch, and a read gives the first replica's. Keras's
+    `.weights.h5` and a plain assignment know one value, so an exact resume
+    saves and puts back every copy. JAX's and PyTorch's variables have one value.
+    """
+    components = _replica_components(variable)
+    if components is None:
+        return None
+    return [np.array(c.numpy(), copy=True) for c in components]
+
+
+def replicas_differ(variable) -> bool:
+    """Whether the replicas' copies of a distributed variable hold different values.
+
+    Compared on the devices, so copies that agree (nearly all) cost no host copy.
+    """
+    components = _replica_components(variable)
+    if components is None:
+        return False
+    import tensorflow as tf
+
+    first = components[0]
+    return not all(bool(tf.reduce_all(tf.equal(first, c))) for c in components[1:])
+
+
+def assign_replica_values(variable, values) -> bool:
+    """Puts `replica_values` back; False (nothing assigned) if the replicas differ in number."""
+    components = _replica_components(variable)
+    if components is None or len(components) != len(values):
+        return False
+    if any(tuple(c.shape) != np.shape(v) for c, v in zip(components, values)):
+        return False
+    for component, value in zip(components, values):
+        component.assign(np.asarray(value, dtype=component.dtype.as_numpy_dtype))
+    return True
 
 
 def _host_view(value) -> np.ndarray:

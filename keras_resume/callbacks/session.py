@@ -58,6 +58,7 @@ class TrainingSession:
         bundle.meta["data"] = self.tracker.capture(mid_epoch)
         if mid_epoch:
             model_state.capture_metrics(self.model, bundle)
+        model_state.capture_replicas(self.model, bundle)
         for provider in self.providers.values():
             provider.capture_state(self.model, bundle)
         return bundle
