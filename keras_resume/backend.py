@@ -144,17 +144,34 @@ def device_snapshot(model, mode: str) -> bool:
         return True
     sync_state(model)
     values = [v.value for v in model.weights + _optimizer_variables(model)]
-    devices = {d for value in values for d in getattr(value, "devices", lambda: ())()}
-    if not devices or any(d.platform == "cpu" for d in devices):
+    need = _bytes_per_device(values)
+    if not need or any(d.platform == "cpu" for d in need):
         return False  # host memory already: a "device" copy is a host copy
-    need = sum(value.nbytes for value in values) / len(devices)
-    for device in devices:
+    for device, nbytes in need.items():
         stats = device.memory_stats() or {}
         if "bytes_limit" not in stats or "bytes_in_use" not in stats:
             return False
-        if stats["bytes_limit"] - stats["bytes_in_use"] < 1.1 * need:
+        if stats["bytes_limit"] - stats["bytes_in_use"] < 1.1 * nbytes:
             return False
     return True
+
+
+def _bytes_per_device(values) -> dict:
+    """How many bytes of the JAX arrays `values` each device of this process holds.
+
+    A replicated array (`keras.distribution.DataParallel`) is whole on every
+    device, a sharded one in part: a copy of the state needs that much again.
+    """
+    need: dict = {}
+    for value in values:
+        sharding = getattr(value, "sharding", None)
+        if sharding is None:
+            continue
+        shard = sharding.shard_shape(value.shape)
+        nbytes = int(np.prod(shard, dtype=np.int64)) * value.dtype.itemsize
+        for device in sharding.addressable_devices:
+            need[device] = need.get(device, 0) + nbytes
+    return need
 
 
 def check_snapshot_mode(mode: str) -> None:

@@ -138,6 +138,30 @@ def test_each_replica_gets_its_own_metric_accumulators_back(tmp_path):
     assert result["read"] == [3.0 * k + 3.0 for k in range(count)]
 
 
+def test_device_snapshot_room_is_counted_per_device_on_jax():
+    """A replicated array is whole on each device: a copy needs all its bytes on each."""
+    result = run_snippet(
+        """
+        import json, jax, keras
+        from keras_resume import backend
+
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1000)])
+        values = [v.value for v in model.weights]
+        need = backend._bytes_per_device(values)
+        print(json.dumps({
+            "devices": len(jax.devices()),
+            "need": sorted(need.values()),
+            "total": sum(v.nbytes for v in values),
+        }))
+        """,
+        "jax",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
+    assert result["devices"] == 2
+    assert result["need"] == [result["total"]] * 2
+
+
 @pytest.mark.parametrize(
     ("meta", "arrays", "says"),
     [
