@@ -565,6 +565,42 @@ def seed_generators(model) -> list[tuple[str, object]]:
     return found
 
 
+# --- Distribution strategies -------------------------------------------------------
+
+
+def check_strategy(model=None) -> None:
+    """Raises `UnsupportedStrategyError` for a `tf.distribute` strategy keras_resume refuses.
+
+    `MultiWorkerMirroredStrategy`: across workers Keras 3's `fit` fails before
+    any callback runs (it cannot convert a `PerReplica` batch,
+    keras-team/keras#20585), and keras_resume has no multi-worker checkpoint
+    protocol for TensorFlow; a single worker would train, but a second one
+    later could not resume from its checkpoints. Checked for the strategy in
+    scope (a callback made inside `strategy.scope()`) and for `model`'s.
+    """
+    if name() != "tensorflow" or not _tensorflow_loaded():
+        return
+    import tensorflow as tf
+
+    strategy = getattr(model, "_distribute_strategy", None) if model is not None else None
+    if strategy is None and tf.distribute.has_strategy():
+        strategy = tf.distribute.get_strategy()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        from keras_resume.errors import UnsupportedStrategyError
+
+        raise UnsupportedStrategyError(
+            f"keras_resume cannot resume training under tf.distribute."
+            f"MultiWorkerMirroredStrategy ({type(strategy).__name__}, "
+            f"{strategy.num_replicas_in_sync} replicas): it does not train under Keras 3 "
+            "today (model.fit fails across workers converting a PerReplica value, "
+            "keras-team/keras#20585). On one machine use tf.distribute.MirroredStrategy. "
+            "Across processes or hosts use the JAX backend: "
+            "keras.distribution.initialize(...) and "
+            "keras.distribution.set_distribution(keras.distribution.DataParallel(...)), "
+            "launched with `keras-resume run --nprocs N`."
+        )
+
+
 # --- The training loop inside model.fit --------------------------------------------
 
 

@@ -6,6 +6,9 @@ devices, JAX with `keras.distribution.DataParallel` over two host devices
 SIGKILLed mid-epoch (global step 18: epoch 1, step 6, three steps after the
 last backup) and rerun must end `numpy.array_equal` to an uninterrupted one in
 every variable, every replica's copy of it included, with equal per-epoch logs.
+
+`MultiWorkerMirroredStrategy` does not train under Keras 3 across workers:
+keras_resume refuses it with a clear error.
 """
 
 import json
@@ -136,6 +139,44 @@ def test_each_replica_gets_its_own_metric_accumulators_back(tmp_path):
     assert count >= 2  # the loss tracker's and mae's total and count
     assert result["copies"] == [[k + 1.0, 2.0 * k + 2.0] for k in range(count)]
     assert result["read"] == [3.0 * k + 3.0 for k in range(count)]
+
+
+MULTI_WORKER = """
+    import json, os, tempfile, keras, numpy as np, tensorflow as tf
+    import keras_resume as kr
+
+    os.environ.pop("TF_CONFIG", None)  # one worker: enough to make the strategy
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    said = {}
+    run = tempfile.mkdtemp()
+    try:
+        with strategy.scope():
+            kr.StepBackup(run)
+    except kr.UnsupportedStrategyError as e:
+        said["constructed_in_scope"] = str(e)
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        model.compile("sgd", "mse")
+    callbacks = kr.CheckpointDirectory(run).callbacks(every_n_steps=1)
+    try:
+        model.fit(np.ones((8, 3)), np.ones((8, 1)), batch_size=4, callbacks=callbacks, verbose=0)
+    except kr.UnsupportedStrategyError as e:
+        said["fit"] = str(e)
+    said["files"] = sorted(os.listdir(run))
+    print(json.dumps(said))
+"""
+
+
+def test_multi_worker_mirrored_strategy_is_refused_with_a_clear_error():
+    said = run_snippet(MULTI_WORKER, "tensorflow")
+    for where in ("constructed_in_scope", "fit"):
+        message = said.get(where, "")
+        assert "MultiWorkerMirroredStrategy" in message, where
+        assert "keras-team/keras#20585" in message
+        assert "does not train under Keras 3" in message
+        assert "keras.distribution.initialize" in message and "DataParallel" in message
+        assert "keras-resume run --nprocs" in message
+    assert not [f for f in said["files"] if f.startswith("backup")]  # refused before training
 
 
 def test_device_snapshot_room_is_counted_per_device_on_jax():
