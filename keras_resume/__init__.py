@@ -27,6 +27,7 @@ _EXPORTS = {
     "NoCheckpointError": "keras_resume.errors",
     "RemoteError": "keras_resume.errors",
     "SaveError": "keras_resume.errors",
+    "UnsupportedStrategyError": "keras_resume.errors",
     "EXIT_PREEMPTED": "keras_resume.preemption",
     "Preempted": "keras_resume.preemption",
     "RestoreInfo": "keras_resume.restoring",

@@ -36,12 +36,78 @@ _BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 
 
 def to_numpy(variable) -> np.ndarray:
-    """A host copy of a Keras variable's value (works for distributed variables too)."""
-    return np.array(keras.ops.convert_to_numpy(variable.value), copy=True)
+    """A host copy of a Keras variable's value, as the model reads it.
+
+    Works for distributed variables too: a mirrored variable gives the value its
+    copies share, TensorFlow's per-replica metric accumulators (SyncOnRead) the
+    aggregate of their copies (numpy cannot convert those directly).
+    """
+    value = variable.value
+    if name() == "tensorflow":
+        import tensorflow as tf
+
+        value = tf.convert_to_tensor(value)
+    return np.array(keras.ops.convert_to_numpy(value), copy=True)
 
 
 def read_int(variable) -> int:
     return int(to_numpy(variable))
+
+
+def _replica_components(variable) -> tuple | None:
+    """The per-replica copies of a `tf.distribute` variable, else None."""
+    if name() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    value = variable.value if isinstance(variable, keras.Variable) else variable
+    if not isinstance(value, tf.distribute.DistributedValues):
+        return None
+    components = tuple(value.distribute_strategy.experimental_local_results(value))
+    return components if len(components) > 1 else None
+
+
+def replica_values(variable) -> list[np.ndarray] | None:
+    """Each replica's own copy of a distributed variable, else None (it has one value).
+
+    Under a `tf.distribute` strategy every replica holds a copy, and the copies
+    can differ: a metric accumulator (SyncOnRead) holds each replica's share
+    and a read sums them; a mirrored variable that a layer assigns during the
+    step (BatchNormalization's moving statistics) follows each replica's own
+    share of the batch, and a read gives the first replica's. Keras's
+    `.weights.h5` and a plain assignment know one value, so an exact resume
+    saves and puts back every copy. JAX's and PyTorch's variables have one value.
+    """
+    components = _replica_components(variable)
+    if components is None:
+        return None
+    return [np.array(c.numpy(), copy=True) for c in components]
+
+
+def replicas_differ(variable) -> bool:
+    """Whether the replicas' copies of a distributed variable hold different values.
+
+    Compared on the devices, so copies that agree (nearly all) cost no host copy.
+    """
+    components = _replica_components(variable)
+    if components is None:
+        return False
+    import tensorflow as tf
+
+    first = components[0]
+    return not all(bool(tf.reduce_all(tf.equal(first, c))) for c in components[1:])
+
+
+def assign_replica_values(variable, values) -> bool:
+    """Puts `replica_values` back; False (nothing assigned) if the replicas differ in number."""
+    components = _replica_components(variable)
+    if components is None or len(components) != len(values):
+        return False
+    if any(tuple(c.shape) != np.shape(v) for c, v in zip(components, values)):
+        return False
+    for component, value in zip(components, values):
+        component.assign(np.asarray(value, dtype=component.dtype.as_numpy_dtype))
+    return True
 
 
 def _host_view(value) -> np.ndarray:
@@ -78,17 +144,34 @@ def device_snapshot(model, mode: str) -> bool:
         return True
     sync_state(model)
     values = [v.value for v in model.weights + _optimizer_variables(model)]
-    devices = {d for value in values for d in getattr(value, "devices", lambda: ())()}
-    if not devices or any(d.platform == "cpu" for d in devices):
+    need = _bytes_per_device(values)
+    if not need or any(d.platform == "cpu" for d in need):
         return False  # host memory already: a "device" copy is a host copy
-    need = sum(value.nbytes for value in values) / len(devices)
-    for device in devices:
+    for device, nbytes in need.items():
         stats = device.memory_stats() or {}
         if "bytes_limit" not in stats or "bytes_in_use" not in stats:
             return False
-        if stats["bytes_limit"] - stats["bytes_in_use"] < 1.1 * need:
+        if stats["bytes_limit"] - stats["bytes_in_use"] < 1.1 * nbytes:
             return False
     return True
+
+
+def _bytes_per_device(values) -> dict:
+    """How many bytes of the JAX arrays `values` each device of this process holds.
+
+    A replicated array (`keras.distribution.DataParallel`) is whole on every
+    device, a sharded one in part: a copy of the state needs that much again.
+    """
+    need: dict = {}
+    for value in values:
+        sharding = getattr(value, "sharding", None)
+        if sharding is None:
+            continue
+        shard = sharding.shard_shape(value.shape)
+        nbytes = int(np.prod(shard, dtype=np.int64)) * value.dtype.itemsize
+        for device in sharding.addressable_devices:
+            need[device] = need.get(device, 0) + nbytes
+    return need
 
 
 def check_snapshot_mode(mode: str) -> None:
@@ -480,6 +563,42 @@ def seed_generators(model) -> list[tuple[str, object]]:
     if global_generator is not None:
         found.append((GLOBAL_SEED_GENERATOR_NAME, global_generator))
     return found
+
+
+# --- Distribution strategies -------------------------------------------------------
+
+
+def check_strategy(model=None) -> None:
+    """Raises `UnsupportedStrategyError` for a `tf.distribute` strategy keras_resume refuses.
+
+    `MultiWorkerMirroredStrategy`: across workers Keras 3's `fit` fails before
+    any callback runs (it cannot convert a `PerReplica` batch,
+    keras-team/keras#20585), and keras_resume has no multi-worker checkpoint
+    protocol for TensorFlow; a single worker would train, but a second one
+    later could not resume from its checkpoints. Checked for the strategy in
+    scope (a callback made inside `strategy.scope()`) and for `model`'s.
+    """
+    if name() != "tensorflow" or not _tensorflow_loaded():
+        return
+    import tensorflow as tf
+
+    strategy = getattr(model, "_distribute_strategy", None) if model is not None else None
+    if strategy is None and tf.distribute.has_strategy():
+        strategy = tf.distribute.get_strategy()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        from keras_resume.errors import UnsupportedStrategyError
+
+        raise UnsupportedStrategyError(
+            f"keras_resume cannot resume training under tf.distribute."
+            f"MultiWorkerMirroredStrategy ({type(strategy).__name__}, "
+            f"{strategy.num_replicas_in_sync} replicas): it does not train under Keras 3 "
+            "today (model.fit fails across workers converting a PerReplica value, "
+            "keras-team/keras#20585). On one machine use tf.distribute.MirroredStrategy. "
+            "Across processes or hosts use the JAX backend: "
+            "keras.distribution.initialize(...) and "
+            "keras.distribution.set_distribution(keras.distribution.DataParallel(...)), "
+            "launched with `keras-resume run --nprocs N`."
+        )
 
 
 # --- The training loop inside model.fit --------------------------------------------

@@ -39,3 +39,7 @@ class SaveError(KerasResumeError, OSError):
 
 class RemoteError(KerasResumeError, OSError):
     """A remote run directory (s3://, any fsspec URL) could not be read or written."""
+
+
+class UnsupportedStrategyError(KerasResumeError, ValueError):
+    """The model trains under a distribution strategy keras_resume cannot resume."""

@@ -66,6 +66,8 @@ def load_into_model(model, ckpt: CheckpointDirectory, loaded: LoadedCheckpoint):
                 "random layers will draw other numbers than the original run.",
                 stacklevel=3,
             )
+    if bundle is not None:
+        model_state.restore_replicas(model, bundle)
     return bundle
 
 

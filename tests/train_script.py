@@ -6,15 +6,31 @@ final state (every variable, the history) to --out for comparison.
 
     python tests/train_script.py --dir D --out O.npz [--kill-at-step K]
         [--input numpy|pydataset|tfdata] [--sched schedule|plateau] [--no-rng] [--no-seed]
+        [--devices N]
+
+`--devices N` trains on N CPU devices of one process: a `MirroredStrategy`
+on TensorFlow, a `keras.distribution.DataParallel` on JAX.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _host_devices_for_jax(argv):
+    """JAX makes its host devices at import, so `--devices N` sets them before keras loads."""
+    if "--devices" in argv and os.environ.get("KERAS_BACKEND") == "jax":
+        count = argv[argv.index("--devices") + 1]
+        flag = f"--xla_force_host_platform_device_count={count}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+
+
+_host_devices_for_jax(sys.argv)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -43,6 +59,7 @@ def parse_args(argv):
         help="remote runs: SIGKILL after the first file of the N-th checkpoint upload",
     )
     parser.add_argument("--snapshot", default="auto", choices=["auto", "device", "host"])
+    parser.add_argument("--devices", type=int, default=1, help="CPU devices to train on")
     parser.add_argument(
         "--restore-only",
         action="store_true",
@@ -113,6 +130,34 @@ def build_model(sched):
     return model
 
 
+def distribute(devices):
+    """The scope to build the model in, training it on `devices` CPU devices of this process.
+
+    Must run before anything else touches the backend: TensorFlow splits its
+    CPU into logical devices only before its runtime starts.
+    """
+    if devices == 1:
+        return contextlib.nullcontext()
+    name = keras.backend.backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * devices
+        )
+        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(devices)]).scope()
+    if name == "jax":
+        import jax
+
+        found = jax.devices()
+        if len(found) != devices:
+            raise SystemExit(f"--devices {devices}: JAX sees {len(found)} devices (XLA_FLAGS?)")
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=found))
+        return contextlib.nullcontext()
+    raise SystemExit(f"--devices {devices} is not supported on the {name} backend")
+
+
 class KillAtStep(keras.callbacks.Callback):
     """SIGKILLs this very process once the optimizer has taken `step` steps."""
 
@@ -149,15 +194,31 @@ def final_state(model):
             arrays[f"{prefix}/{i}/{v.path}"] = backend.to_numpy(v)
     for i, (name, gen) in enumerate(backend.seed_generators(model)):
         arrays[f"seed/{i}/{name}"] = backend.to_numpy(gen.state)
+    # Under a tf.distribute strategy, every replica's copy: they can differ.
+    for i, v in enumerate(model.variables + model.optimizer.variables):
+        copies = backend.replica_values(v)
+        if copies is not None:
+            arrays[f"replicas/{i}/{v.path}"] = np.stack(copies)
     return arrays
+
+
+def devices_used(model):
+    """How many devices hold the model's first variable."""
+    variable = model.weights[0]
+    if keras.backend.backend() == "jax":
+        return len(variable.value.sharding.device_set)
+    copies = backend.replica_values(variable)
+    return 1 if copies is None else len(copies)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    scope = distribute(args.devices)
     if not args.no_seed:
         keras.utils.set_random_seed(42)
     (x, y), (xv, yv) = make_data()
-    model = build_model(args.sched)
+    with scope:
+        model = build_model(args.sched)
     if args.restore_only:
         return restore_only(model, args)
     callbacks = []
@@ -185,6 +246,8 @@ def main(argv=None):
         verbose=0,
     )
     arrays = final_state(model)
+    if args.devices > 1:
+        arrays["devices"] = np.array(devices_used(model))
     arrays["history"] = np.array(json.dumps({"epoch": history.epoch, **history.history}))
     np.savez(args.out, **arrays)
     return 0

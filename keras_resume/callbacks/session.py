@@ -58,6 +58,7 @@ class TrainingSession:
         bundle.meta["data"] = self.tracker.capture(mid_epoch)
         if mid_epoch:
             model_state.capture_metrics(self.model, bundle)
+        model_state.capture_replicas(self.model, bundle)
         for provider in self.providers.values():
             provider.capture_state(self.model, bundle)
         return bundle
@@ -194,6 +195,7 @@ class SessionCallback(keras.callbacks.Callback):
                 "Expected 'raise' or 'warn'."
             )
         backend.check_snapshot_mode(snapshot)
+        backend.check_strategy()  # made inside a strategy's scope: refuse it now
         self.on_error = on_error
         self.snapshot_mode = snapshot
         self.ckpt = as_directory(ckpt)
@@ -201,6 +203,7 @@ class SessionCallback(keras.callbacks.Callback):
         self._epoch_end: tuple[int, dict] | None = None
 
     def on_train_begin(self, logs=None):
+        backend.check_strategy(self.model)  # before the session takes the directory's lock
         self.session = join(self.ckpt, self)
         self._epoch_end = None
 

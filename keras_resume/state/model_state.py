@@ -10,6 +10,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
+
 from keras_resume import backend
 from keras_resume.errors import CheckpointMismatchError
 from keras_resume.state.bundle import StateBundle
@@ -129,23 +131,73 @@ def assign_weights(model, weights: dict) -> None:
 
 
 def capture_metrics(model, bundle: StateBundle) -> None:
-    """Saves the running epoch's metric accumulators (for a mid-epoch checkpoint)."""
+    """Saves the running epoch's metric accumulators (for a mid-epoch checkpoint).
+
+    `metrics/i` holds each accumulator's value as the model reads it. Under a
+    `tf.distribute` strategy each replica also keeps its own copy:
+    `metrics_replicas/j` stacks the copies of accumulator `per_replica[j]`.
+    """
     variables = backend.metric_variables(model)
     bundle.meta["metrics"] = {"count": len(variables)}
     bundle.put_arrays("metrics", [backend.to_numpy(v) for v in variables])
+    replicas = [backend.replica_values(v) for v in variables]
+    per_replica = [i for i, copies in enumerate(replicas) if copies is not None]
+    if per_replica:
+        bundle.meta["metrics"]["per_replica"] = per_replica
+        bundle.put_arrays("metrics_replicas", [np.stack(replicas[i]) for i in per_replica])
 
 
 def restore_metrics(model, bundle: StateBundle) -> bool:
-    """Puts the metric accumulators back; returns False if the metrics differ."""
+    """Puts the metric accumulators back; returns False if the metrics differ.
+
+    Each replica's own copy where the model has as many replicas as the
+    checkpoint, else the value as read (a strategy spreads it over its replicas).
+    """
     values = bundle.get_arrays("metrics")
     variables = backend.metric_variables(model)
     if len(values) != len(variables) or any(
         tuple(v.shape) != a.shape for v, a in zip(variables, values)
     ):
         return False
-    for variable, value in zip(variables, values):
+    per_replica = bundle.meta.get("metrics", {}).get("per_replica", [])
+    copies = dict(zip(per_replica, bundle.get_arrays("metrics_replicas")))
+    for i, (variable, value) in enumerate(zip(variables, values)):
+        if i in copies and backend.assign_replica_values(variable, copies[i]):
+            continue
         variable.assign(value)
     return True
+
+
+def capture_replicas(model, bundle: StateBundle) -> None:
+    """Saves every replica's copy of the non-trainable variables whose copies differ.
+
+    Under a `tf.distribute` strategy each replica updates the variables a layer
+    assigns during the step (BatchNormalization's moving statistics) from its
+    own share of the batch, so their copies drift apart, and `.weights.h5`
+    holds the first replica's only. `replicas/j` stacks the copies of
+    `model.non_trainable_variables[variables[j]]`. Trainable and optimizer
+    variables are not looked at: the optimizer updates every copy alike.
+    """
+    variables = model.non_trainable_variables
+    differ = [i for i, v in enumerate(variables) if backend.replicas_differ(v)]
+    if differ:
+        bundle.meta["replicas"] = {"variables": differ}
+        bundle.put_arrays(
+            "replicas", [np.stack(backend.replica_values(variables[i])) for i in differ]
+        )
+
+
+def restore_replicas(model, bundle: StateBundle) -> None:
+    """Puts back `capture_replicas`'s copies, where the model has as many replicas.
+
+    Elsewhere (one device, or another number of replicas) every copy keeps the
+    first replica's value, loaded from `.weights.h5`.
+    """
+    indices = bundle.meta.get("replicas", {}).get("variables", [])
+    variables = model.non_trainable_variables
+    for i, copies in zip(indices, bundle.get_arrays("replicas")):
+        if i < len(variables):
+            backend.assign_replica_values(variables[i], copies)
 
 
 def model_config(model) -> str | None:

@@ -115,6 +115,14 @@ def _check(bundle: StateBundle) -> None:
     if "metrics" in meta:
         count = _is(_is(meta["metrics"], dict, "metrics").get("count"), int, "metrics.count")
         _arrays(bundle, "metrics", count, "metrics")
+        per_replica = _ints(meta["metrics"].get("per_replica", []), "metrics.per_replica")
+        _in_range(per_replica, 0, count, "metrics.per_replica")
+        _arrays(bundle, "metrics_replicas", len(per_replica), "metrics.per_replica")
+    if "replicas" in meta:
+        replicas = _is(meta["replicas"], dict, "replicas")
+        indices = _ints(replicas.get("variables"), "replicas.variables")
+        _in_range(indices, 0, 10**9, "replicas.variables")
+        _arrays(bundle, "replicas", len(indices), "replicas.variables")
     if "callbacks" in meta:
         for i, record in enumerate(_is(meta["callbacks"], list, "callbacks")):
             _is(record, dict, f"callbacks[{i}]")
