@@ -11,6 +11,14 @@ loop: nothing is restarted.
     keras-resume run --max-restarts 5 -- python train.py --epochs 30
     python -m keras_resume.supervisor -- python train.py
 
+With `--nprocs N` it launches a multi-process job (JAX, one host): N copies of
+the command, each told the coordinator address, N and its process id through
+environment variables, so that `keras.distribution.initialize()` needs no
+arguments. When one process fails, the others are stopped (SIGTERM, then SIGKILL
+after `--grace` seconds) and the whole job is started again.
+
+    keras-resume run --nprocs 2 --max-restarts 5 -- python train.py
+
 This module uses only the standard library, so the supervising process stays
 small: it imports neither Keras nor TensorFlow.
 """
@@ -19,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -41,6 +51,9 @@ FORWARDED_SIGNALS = tuple(
 )
 _PR_SET_PDEATHSIG = 1
 _LEFTOVER_WAIT_S = 10.0
+_POLL_S = 0.05  # how often a multi-process job's processes are checked
+DEFAULT_GRACE = 10.0
+COORDINATOR_HOST = "127.0.0.1"
 
 DESCRIPTION = """\
 Run a training command and start it again when it crashes. The command resumes
@@ -49,6 +62,9 @@ newest backup. Restarts after death by a signal (an out-of-memory kill), exit
 status 137 or 143 (a SIGTERM save) and any other failure except 2, 126 and 127,
 with exponential backoff. A SIGTERM or SIGINT sent to this process is passed to
 the command, which saves and exits 143; nothing is restarted after it.
+
+With --nprocs N, starts N copies of the command as one multi-process job (JAX on
+one host); when any of them fails, stops the others and restarts all N.
 """
 EPILOG = """\
 example:
@@ -57,6 +73,18 @@ example:
   Restarts `python train.py --dir runs/exp1` up to 5 times, waiting 10 s, 20 s,
   40 s, 60 s, 60 s before the restarts. Exits with the command's last status
   (128 + N when it was killed by signal N).
+
+multi-process example:
+  keras-resume run --nprocs 2 --max-restarts 5 -- python train.py --dir runs/exp1
+
+  Starts 2 copies, each with KERAS_RESUME_COORDINATOR=127.0.0.1:PORT (a free port,
+  or --coordinator-port), KERAS_RESUME_NUM_PROCESSES=2, KERAS_RESUME_PROCESS_ID=0
+  or 1, and the same values in KERAS_DISTRIBUTION_JOB_ADDRESSES,
+  KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID, which
+  keras.distribution.initialize() reads when called without arguments. When one
+  process fails, the other gets SIGTERM, then SIGKILL after --grace seconds, and
+  both start again (on a new port). Exits 0 when all exit 0, else with the status
+  of the first process that failed. SIGTERM to the launcher goes to every process.
 
 status lists (--retry-on, --no-retry-on) are comma-separated:
   143        exit status 143
@@ -77,7 +105,11 @@ class Attempt:
         started: start time, seconds since the epoch (`time.time()`).
         ended: end time, seconds since the epoch; `None` while it runs.
         status: `Popen.returncode`: the exit status, or `-N` when killed by signal N;
-            `None` while it runs.
+            `None` while it runs. For a job of several processes: the status of the
+            first one that failed.
+        pids: the process ids of every process started (one without `--nprocs`).
+        process: for a job of several processes, the id (0 to N - 1) of the first one
+            that failed; `None` when none failed, or for a single command.
     """
 
     number: int
@@ -85,6 +117,8 @@ class Attempt:
     started: float
     ended: float | None = None
     status: int | None = None
+    pids: list[int] = field(default_factory=list)
+    process: int | None = None
 
     @property
     def duration(self) -> float:
@@ -207,6 +241,86 @@ def exit_code(status: int) -> int:
     return 128 - status if status < 0 else status
 
 
+def _attempt_summary(attempt: Attempt) -> str:
+    by = f" by process {attempt.process}" if attempt.process is not None else ""
+    return f"#{attempt.number} {attempt.status}{by} ({attempt.duration:.1f} s)"
+
+
+def _clock(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(seconds))
+
+
+def _send(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass  # it has just exited
+
+
+def free_port(host: str = COORDINATOR_HOST) -> int:
+    """A TCP port that nothing listens on now, for a job's coordinator."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def distribution_env(coordinator: str, num_processes: int, process_id: int) -> dict[str, str]:
+    """The environment variables that tell one process of a job where it stands.
+
+    Example:
+
+    ```python
+    distribution_env("127.0.0.1:4321", 2, 1)["KERAS_DISTRIBUTION_PROCESS_ID"]  # "1"
+    ```
+
+    Args:
+        coordinator: the coordinator's `host:port`.
+        num_processes: how many processes the job has.
+        process_id: this process's id, 0 to `num_processes - 1`.
+
+    Returns:
+        `KERAS_RESUME_COORDINATOR`, `KERAS_RESUME_NUM_PROCESSES`,
+        `KERAS_RESUME_PROCESS_ID`, and the same values under the names that
+        `keras.distribution.initialize()` reads when called without arguments
+        (`KERAS_DISTRIBUTION_JOB_ADDRESSES`, `KERAS_DISTRIBUTION_NUM_PROCESSES`,
+        `KERAS_DISTRIBUTION_PROCESS_ID`).
+    """
+    values = {"NUM_PROCESSES": str(num_processes), "PROCESS_ID": str(process_id)}
+    env = {"KERAS_RESUME_COORDINATOR": coordinator, "KERAS_DISTRIBUTION_JOB_ADDRESSES": coordinator}
+    for name, value in values.items():
+        env[f"KERAS_RESUME_{name}"] = value
+        env[f"KERAS_DISTRIBUTION_{name}"] = value
+    return env
+
+
+def check_nprocs(nprocs: int) -> None:
+    if isinstance(nprocs, bool) or not isinstance(nprocs, int) or nprocs < 1:
+        raise ValueError(
+            f"--nprocs {nprocs}: give how many copies of the command to start, 1 or more "
+            "(e.g. --nprocs 2)"
+        )
+
+
+def check_port(port: int) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(
+            f"--coordinator-port {port}: not a TCP port; give one from 1 to 65535, or leave "
+            "the option out to let the launcher pick a free port"
+        )
+
+
+def _block_signals():
+    """Holds the forwarded signals back (their handlers run at `_restore_signals`)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+
+
+def _restore_signals(mask) -> None:
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def _say(message: str) -> None:
     """One plain line on stderr, and the same through the "keras_resume" logger."""
     logger.info("%s: %s", PROG, message)
@@ -252,13 +366,14 @@ def _reap_orphans() -> None:
             return
 
 
-def _child_setup():
+def _child_setup(mask=None):
     """The function run in the child between fork and exec, or `None` off POSIX.
 
     It puts the command in a process group of its own, so that a Ctrl-C in the
     terminal reaches it once (through the supervisor) and what it leaves behind can
     be found, and, on Linux, asks the kernel to SIGKILL it if the supervisor dies
-    (so even a SIGKILLed supervisor leaves no orphan).
+    (so even a SIGKILLed supervisor leaves no orphan). `mask`: the signal mask the
+    command gets, when the supervisor blocked signals while starting it.
     """
     if os.name != "posix":
         return None
@@ -274,6 +389,8 @@ def _child_setup():
 
     def setup():
         os.setpgid(0, 0)
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if prctl is not None:
             prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
             if os.getppid() != parent:  # the supervisor died before the prctl
@@ -287,7 +404,7 @@ class Supervisor:
     """Runs a command, and runs it again after a retryable failure.
 
     Use it from Python where `keras-resume run` is not a fit (a launcher of your
-    own); the command line builds one of these.
+    own); the command line builds one of these (a `Launcher` for `--nprocs`).
 
     Example:
 
@@ -335,8 +452,8 @@ class Supervisor:
             self.retry_on = StatusSet(self.retry_on, "--retry-on")
         if isinstance(self.no_retry_on, str):
             self.no_retry_on = StatusSet(self.no_retry_on, "--no-retry-on")
-        self._proc: subprocess.Popen | None = None
-        self._pending: list[int] = []
+        self._procs: list[subprocess.Popen] = []  # the current attempt's, by process id
+        self._pending: list[int] = []  # signals not yet passed on
 
     def delay(self, restart: int) -> float:
         """Seconds to wait before restart number `restart` (1 for the first)."""
@@ -356,21 +473,16 @@ class Supervisor:
         try:
             return self._loop()
         finally:
-            proc = self._proc
-            if proc is not None and proc.poll() is None:
-                # Leaving abnormally (an exception above): leave no child behind.
-                logger.error("%s: killing the command (pid %d) on the way out", PROG, proc.pid)
-                self._kill_group(proc.pid)
-                proc.wait()
-                self._kill_leftovers(proc.pid)
+            self._abandon()
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
 
+    # --- the restart loop, shared by one command and a job of several processes ---
+
     def _loop(self) -> int:
-        total = self.max_restarts + 1
         started = time.monotonic()
         status = None
-        for number in range(1, total + 1):
+        for number in range(1, self.max_restarts + 2):
             if self.stop_signal is not None:
                 break
             status = self._run_once(number)
@@ -378,78 +490,85 @@ class Supervisor:
                 break
             if self.stop_signal is not None:
                 _say(
-                    f"the command ended with {describe_status(status)} after "
-                    f"{_signal_name(self.stop_signal)}; not restarting"
+                    f"{self._ended(status)} after {_signal_name(self.stop_signal)}; not restarting"
                 )
                 break
-            if not self.retryable(status):
-                which = (
-                    f"--no-retry-on {self.no_retry_on.text}"
-                    if self.no_retry_on.matches(status)
-                    else f"--retry-on {self.retry_on.text}"
-                )
-                _say(f"{describe_status(status)} is not retried ({which}); stopping")
-                break
-            if number == total:
-                _say(
-                    f"{describe_status(status)} and no restarts left "
-                    f"(--max-restarts {self.max_restarts}); stopping"
-                )
+            why = self._why_last(number, status)
+            if why is not None:
+                self._report_last(why)
                 break
             wait = self.delay(number)
-            _say(
-                f"attempt {number + 1} of {total} after {describe_status(status)}; "
-                f"restarting in {wait:.1f} s"
-            )
+            self._report_restart(number, status, wait)
             self._sleep(wait)
-        if status is None:  # stopped by a signal before the first start
-            code = 128 + self.stop_signal
-        else:
-            code = exit_code(status)
-        runs = "; ".join(
-            f"#{a.number} {a.status} ({a.duration:.1f} s)"
-            for a in self.attempts
-            if a.status is not None
-        )
+        code = 128 + self.stop_signal if status is None else exit_code(status)
+        runs = "; ".join(_attempt_summary(a) for a in self.attempts if a.status is not None)
         _say(
             f"exiting with status {code} after {len(self.attempts)} attempt(s) in "
             f"{time.monotonic() - started:.1f} s" + (f": {runs}" if runs else "")
         )
         return code
 
-    def _run_once(self, number: int) -> int:
+    def _why_last(self, number: int, status: int) -> str | None:
+        """Why attempt `number`, which failed with `status`, is the last; `None` to restart."""
+        if not self.retryable(status):
+            which = (
+                f"--no-retry-on {self.no_retry_on.text}"
+                if self.no_retry_on.matches(status)
+                else f"--retry-on {self.retry_on.text}"
+            )
+            return f"{describe_status(status)} is not retried ({which})"
+        if number > self.max_restarts:
+            return (
+                f"{describe_status(status)} and no restarts left "
+                f"(--max-restarts {self.max_restarts})"
+            )
+        return None
+
+    def _report_last(self, why: str) -> None:
+        _say(f"{why}; stopping")
+
+    def _report_restart(self, number: int, status: int, wait: float) -> None:
+        _say(
+            f"attempt {number + 1} of {self.max_restarts + 1} after {describe_status(status)}; "
+            f"restarting in {wait:.1f} s"
+        )
+
+    def _ended(self, status: int) -> str:
+        return f"the command ended with {describe_status(status)}"
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self.stop_signal is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
+
+    # --- one attempt ---
+
+    def _new_attempt(self, number: int) -> Attempt:
+        attempt = Attempt(number=number, pid=None, started=time.time())
+        self.attempts.append(attempt)
+        return attempt
+
+    def _attempt_env(self, number: int) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.env or {})
         env["KERAS_RESUME_ATTEMPT"] = str(number)
-        attempt = Attempt(number=number, pid=None, started=time.time())
-        self.attempts.append(attempt)
-        try:
-            proc = subprocess.Popen(self.command, env=env, preexec_fn=_child_setup())
-        except FileNotFoundError:
-            attempt.ended, attempt.status = time.time(), 127
-            _say(
-                f"command not found: '{self.command[0]}' (no such file, and not on PATH); "
-                "check its spelling, or give its full path after '--'"
-            )
-            return 127
-        except PermissionError:
-            attempt.ended, attempt.status = time.time(), 126
-            _say(
-                f"cannot execute '{self.command[0]}' (permission denied); make it "
-                f"executable (chmod +x) or run it through its interpreter, e.g. "
-                f"{PROG} -- python {self.command[0]}"
-            )
-            return 126
-        except OSError as e:
-            attempt.ended, attempt.status = time.time(), 126
-            _say(f"cannot execute '{self.command[0]}': {e}; check that it is a program")
-            return 126
-        self._proc, attempt.pid = proc, proc.pid
+        return env
+
+    def _run_once(self, number: int) -> int:
+        attempt = self._new_attempt(number)
+        proc = self._spawn(self._attempt_env(number), _child_setup())
+        if isinstance(proc, int):
+            attempt.ended, attempt.status = time.time(), proc
+            return proc
+        self._procs, attempt.pid, attempt.pids = [proc], proc.pid, [proc.pid]
         logger.info(
             "%s: attempt %d started at %s: pid %d, %s",
             PROG,
             number,
-            time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(attempt.started)),
+            _clock(attempt.started),
             proc.pid,
             shlex.join(self.command),
         )
@@ -460,20 +579,53 @@ class Supervisor:
             "%s: attempt %d ended at %s after %.1f s with %s",
             PROG,
             number,
-            time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(attempt.ended)),
+            _clock(attempt.ended),
             attempt.duration,
             describe_status(status),
         )
         self._kill_leftovers(proc.pid)
         return status
 
-    def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while self.stop_signal is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.1))
+    def _spawn(self, env: dict[str, str], setup, prefix: str = "") -> subprocess.Popen | int:
+        """Starts the command; on failure says why and returns 127 or 126."""
+        program = self.command[0]
+        try:
+            return subprocess.Popen(self.command, env=env, preexec_fn=setup)
+        except FileNotFoundError:
+            _say(
+                f"{prefix}command not found: '{program}' (no such file, and not on PATH); "
+                "check its spelling, or give its full path after '--'"
+            )
+            return 127
+        except PermissionError:
+            _say(
+                f"{prefix}cannot execute '{program}' (permission denied); make it "
+                f"executable (chmod +x) or run it through its interpreter, e.g. "
+                f"{PROG} -- python {program}"
+            )
+            return 126
+        except OSError as e:
+            _say(f"{prefix}cannot execute '{program}': {e}; check that it is a program")
+            return 126
+
+    def _running(self) -> list[subprocess.Popen]:
+        # returncode, not poll(): this runs in signal handlers too.
+        return [proc for proc in self._procs if proc.returncode is None]
+
+    def _abandon(self) -> None:
+        """Kills what still runs when `run` leaves abnormally (an exception): no orphans."""
+        running = [proc for proc in self._procs if proc.poll() is None]
+        for proc in running:
+            logger.error("%s: killing %s (pid %d) on the way out", PROG, self._who(proc), proc.pid)
+            self._kill_group(proc.pid)
+        for proc in running:
+            proc.wait()
+            self._kill_leftovers(proc.pid)
+
+    def _who(self, proc: subprocess.Popen) -> str:
+        return "the command"
+
+    # --- signals ---
 
     def _install_handlers(self) -> dict:
         if threading.current_thread() is not threading.main_thread():
@@ -488,27 +640,31 @@ class Supervisor:
         if first:
             self.stop_signal = signum
         self._pending.append(signum)
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
+        running = self._running()
+        if running:
             again = "" if first else " again"
-            _say(
-                f"got {_signal_name(signum)}{again}; passing it to the command (pid {proc.pid}) "
-                "and waiting for it to exit; it will not be restarted"
-            )
+            _say(f"got {_signal_name(signum)}{again}; {self._passing_on(running)}")
         elif first:
             _say(f"got {_signal_name(signum)}; stopping, no restart")
         self._forward()
 
+    def _passing_on(self, running: list[subprocess.Popen]) -> str:
+        return (
+            f"passing it to the command (pid {running[0].pid}) and waiting for it to exit; "
+            "it will not be restarted"
+        )
+
     def _forward(self) -> None:
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
+        """Passes the pending signals to every running process (kept until one runs)."""
+        running = self._running()
+        if not running:
             return
         while self._pending:
             signum = self._pending.pop(0)
-            try:
-                os.kill(proc.pid, signum)
-            except ProcessLookupError:
-                return
+            for proc in running:
+                _send(proc.pid, signum)
+
+    # --- what the command leaves behind ---
 
     def _kill_group(self, pgid: int) -> None:
         try:
@@ -516,8 +672,12 @@ class Supervisor:
         except (ProcessLookupError, PermissionError, AttributeError):
             pass
 
-    def _kill_leftovers(self, pgid: int) -> None:
-        """Kills what the command left running in its process group (its orphans)."""
+    def _kill_leftovers(self, pgid: int, who: str = "the command") -> None:
+        """Kills what the command left running in its process group (its orphans).
+
+        Call it only once every process of the attempt was waited for: it collects
+        any exited child of this process.
+        """
         if os.name != "posix":
             return
         members = _process_group_members(pgid)
@@ -530,7 +690,7 @@ class Supervisor:
         if not members:
             return
         _say(
-            f"killing {len(members)} process(es) the command left running in its process "
+            f"killing {len(members)} process(es) {who} left running in its process "
             f"group {pgid} (pids {', '.join(map(str, members))})"
         )
         self._kill_group(pgid)
@@ -542,11 +702,194 @@ class Supervisor:
                 return
             time.sleep(0.02)
         logger.warning(
-            "%s: processes %s of the command's process group %d outlived SIGKILL for %.0f s",
+            "%s: processes %s of %s's process group %d outlived SIGKILL for %.0f s",
             PROG,
             members,
+            who,
             pgid,
             _LEFTOVER_WAIT_S,
+        )
+
+
+@dataclass
+class Launcher(Supervisor):
+    """Runs N copies of a command as one multi-process job, and reruns the whole job.
+
+    Each process gets the coordinator address, the number of processes and its own
+    id in `KERAS_RESUME_COORDINATOR`, `KERAS_RESUME_NUM_PROCESSES` and
+    `KERAS_RESUME_PROCESS_ID`, and in the variables `keras.distribution.initialize()`
+    reads when called without arguments (`KERAS_DISTRIBUTION_JOB_ADDRESSES`,
+    `KERAS_DISTRIBUTION_NUM_PROCESSES`, `KERAS_DISTRIBUTION_PROCESS_ID`). When any
+    process fails, the others get SIGTERM, then SIGKILL `grace` seconds later (one
+    stuck in a collective with the dead one never returns), and the job starts again
+    under the same rules as `Supervisor`, on a fresh port unless `coordinator_port`
+    is given. A SIGTERM or SIGINT to the launcher goes to every process, with the
+    same grace; nothing is restarted after it.
+
+    Example:
+
+    ```python
+    from keras_resume.supervisor import Launcher
+
+    job = Launcher(["python", "train.py"], nprocs=2, max_restarts=5, grace=30)
+    status = job.run()  # 0 when every process exited 0
+    print([(a.number, a.process, a.status) for a in job.attempts])
+    ```
+
+    Args:
+        nprocs: how many processes to start. Defaults to `2`.
+        coordinator_port: the coordinator's port on 127.0.0.1, or `None` for a free
+            port chosen before each attempt. Defaults to `None`.
+        grace: seconds a process gets to exit after SIGTERM before SIGKILL.
+            Defaults to `10.0`.
+        **kwargs: `Supervisor`'s arguments.
+    """
+
+    nprocs: int = 2
+    coordinator_port: int | None = None
+    grace: float = DEFAULT_GRACE
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_nprocs(self.nprocs)
+        if self.coordinator_port is not None:
+            check_port(self.coordinator_port)
+        if not self.grace >= 0:
+            raise ValueError(f"--grace {self.grace}: give 0 or more seconds")
+        self._ended_ids: set[int] = set()
+
+    def _attempt_env(self, number: int, process_id: int = 0, coordinator: str = "") -> dict:
+        env = super()._attempt_env(number)
+        env.update(distribution_env(coordinator, self.nprocs, process_id))
+        return env
+
+    def _run_once(self, number: int) -> int:
+        attempt = self._new_attempt(number)
+        port = self.coordinator_port or free_port()
+        coordinator = f"{COORDINATOR_HOST}:{port}"
+        failed = self._start_all(number, coordinator)
+        attempt.pids = [proc.pid for proc in self._procs]
+        if failed is None:
+            logger.info(
+                "%s: attempt %d started at %s: %d processes (pids %s), coordinator %s: %s",
+                PROG,
+                number,
+                _clock(attempt.started),
+                self.nprocs,
+                ", ".join(map(str, attempt.pids)),
+                coordinator,
+                shlex.join(self.command),
+            )
+            self._forward()  # a signal that came just before the start
+        else:
+            self._stop_the_rest(number, *failed, started=False)
+        first = self._watch(number, failed)
+        attempt.ended = time.time()
+        attempt.process, attempt.status = first if first is not None else (None, 0)
+        for i, proc in enumerate(self._procs):
+            self._kill_leftovers(proc.pid, who=f"[process {i}]")
+        return attempt.status
+
+    def _start_all(self, number: int, coordinator: str) -> tuple[int, int] | None:
+        """Starts the N processes; the (process id, status) of one that cannot start."""
+        self._procs, self._ended_ids = [], set()
+        # Signals wait until all have started, so each one reaches every process.
+        mask = _block_signals()
+        try:
+            for i in range(self.nprocs):
+                env = self._attempt_env(number, i, coordinator)
+                proc = self._spawn(env, _child_setup(mask), prefix=f"[process {i}] ")
+                if isinstance(proc, int):
+                    return i, proc
+                self._procs.append(proc)
+        finally:
+            _restore_signals(mask)
+        return None
+
+    def _watch(self, number: int, first: tuple[int, int] | None) -> tuple[int, int] | None:
+        """Waits for every process; after the first failure, stops the others.
+
+        Returns:
+            The process id and status of the first process that failed, or `None`
+            when all exited 0.
+        """
+        kill_at = math.inf if first is None else time.monotonic() + self.grace
+        stopping = False
+        while True:
+            for i, status in self._newly_ended():
+                if status != 0 and first is None:
+                    first = (i, status)
+                    if self.stop_signal is None:
+                        kill_at = self._stop_the_rest(number, i, status)
+            running = self._running()
+            if not running:
+                return first
+            if self.stop_signal is not None and not stopping:
+                stopping = True  # the signal went to every process: give them the grace
+                kill_at = min(kill_at, time.monotonic() + self.grace)
+            if time.monotonic() >= kill_at:
+                self._kill_stragglers(running)
+                kill_at = math.inf
+            time.sleep(_POLL_S)
+
+    def _newly_ended(self) -> list[tuple[int, int]]:
+        ended = []
+        for i, proc in enumerate(self._procs):
+            if i in self._ended_ids or proc.poll() is None:
+                continue
+            self._ended_ids.add(i)
+            logger.info("%s: [process %d] ended with %s", PROG, i, describe_status(proc.returncode))
+            ended.append((i, proc.returncode))
+        return ended
+
+    def _stop_the_rest(
+        self, number: int, process_id: int, status: int, started: bool = True
+    ) -> float:
+        """Says what the failure of one process means, SIGTERMs the others; the SIGKILL time."""
+        running = self._running()
+        why = self._why_last(number, status)
+        if why is None:
+            then = (
+                f"restarting the job (attempt {number + 1} of {self.max_restarts + 1}) in "
+                f"{self.delay(number):.1f} s"
+            )
+        else:
+            then = f"ending the job: {why}"
+        others = f"stopping the other {len(running)} process(es) and " if running else ""
+        what = "ended with {}" if started else "could not start: {}"
+        _say(f"[process {process_id}] {what.format(describe_status(status))}; {others}{then}")
+        for proc in running:
+            _send(proc.pid, signal.SIGTERM)
+        return time.monotonic() + self.grace
+
+    def _kill_stragglers(self, running: list[subprocess.Popen]) -> None:
+        for proc in running:
+            _say(
+                f"{self._who(proc)} (pid {proc.pid}) still running {self.grace:g} s after "
+                f"SIGTERM (--grace {self.grace:g}); killing its process group (SIGKILL)"
+            )
+            self._kill_group(proc.pid)
+
+    def _report_last(self, why: str) -> None:
+        pass  # _stop_the_rest said it when the process failed
+
+    def _report_restart(self, number: int, status: int, wait: float) -> None:
+        pass  # _stop_the_rest said it when the process failed
+
+    def _ended(self, status: int) -> str:
+        process = self.attempts[-1].process
+        if process is None:
+            return f"the job ended with {describe_status(status)}"
+        return f"[process {process}] ended first, with {describe_status(status)},"
+
+    def _who(self, proc: subprocess.Popen) -> str:
+        return f"[process {self._procs.index(proc)}]"
+
+    def _passing_on(self, running: list[subprocess.Popen]) -> str:
+        pids = ", ".join(f"{self._who(proc)} pid {proc.pid}" for proc in running)
+        return (
+            f"passing it to {len(running)} process(es) ({pids}), which get {self.grace:g} s "
+            "(--grace) to exit before SIGKILL; the job will not be restarted"
         )
 
 
@@ -562,6 +905,32 @@ def _non_negative(kind):
 
     parse.__name__ = kind.__name__
     return parse
+
+
+def _at_least_one(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a whole number; give how many processes to start, e.g. --nprocs 2"
+        ) from None
+    try:
+        check_nprocs(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).split(" ", 1)[1]) from None
+    return value
+
+
+def _port(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = text
+    try:
+        check_port(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).split(" ", 1)[1]) from None
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -625,6 +994,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{DEFAULT_NO_RETRY_ON}: usage error, not executable, command not found)",
     )
     parser.add_argument(
+        "--nprocs",
+        type=_at_least_one,
+        default=None,
+        metavar="N",
+        help="start N copies of the command as one multi-process job and restart all of "
+        "them when one fails (default: one command, no job variables)",
+    )
+    parser.add_argument(
+        "--coordinator-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help="with --nprocs: the coordinator's port on 127.0.0.1 (default: a free port, "
+        "chosen again for each attempt)",
+    )
+    parser.add_argument(
+        "--grace",
+        type=_non_negative(float),
+        default=None,
+        metavar="SECONDS",
+        help=f"with --nprocs: how long a process may take to exit after SIGTERM before "
+        f"SIGKILL, when another failed or this launcher got SIGTERM; make it longer than a "
+        f"checkpoint save (default: {DEFAULT_GRACE:g})",
+    )
+    parser.add_argument(
         "training_command",  # not "command": a CLI's subcommand dest is often called that
         nargs=argparse.REMAINDER,
         metavar="command",
@@ -658,8 +1052,9 @@ def run_command(args: argparse.Namespace) -> int:
         args: the namespace of a parser that `add_arguments` set up.
 
     Returns:
-        0 when the command succeeded; its last exit status (128 + N for death by
-        signal N) otherwise; 2 for a usage error.
+        0 when the command succeeded (with `--nprocs`: every process); its last exit
+        status (128 + N for death by signal N; with `--nprocs`, the status of the
+        first process that failed) otherwise; 2 for a usage error.
     """
     command = list(args.training_command)
     if command[:1] == ["--"]:
@@ -675,15 +1070,42 @@ def run_command(args: argparse.Namespace) -> int:
     except ValueError as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 2
-    supervisor = Supervisor(
-        command,
+    nprocs = getattr(args, "nprocs", None)
+    job_options = [
+        name
+        for name, value in (
+            ("--coordinator-port", getattr(args, "coordinator_port", None)),
+            ("--grace", getattr(args, "grace", None)),
+        )
+        if value is not None
+    ]
+    if nprocs is None and job_options:
+        named = " and ".join(job_options)
+        verb = "applies" if len(job_options) == 1 else "apply"
+        sys.stderr.write(
+            f"{PROG}: error: {named} {verb} to a multi-process job only; add --nprocs N "
+            f"(e.g. --nprocs 2), or leave {named} out\n"
+        )
+        return 2
+    options = dict(
         max_restarts=args.max_restarts,
         backoff=args.backoff,
         max_backoff=args.max_backoff,
         retry_on=retry,
         no_retry_on=no_retry,
     )
-    return supervisor.run()
+    if nprocs is None:
+        return Supervisor(command, **options).run()
+    if nprocs == 1:
+        # One process: the single-command supervisor, with the job's variables.
+        port = args.coordinator_port or free_port()
+        env = distribution_env(f"{COORDINATOR_HOST}:{port}", 1, 0)
+        return Supervisor(command, env=env, **options).run()
+    grace = DEFAULT_GRACE if args.grace is None else args.grace
+    launcher = Launcher(
+        command, nprocs=nprocs, coordinator_port=args.coordinator_port, grace=grace, **options
+    )
+    return launcher.run()
 
 
 def main(argv: list[str] | None = None) -> int:
