@@ -103,3 +103,17 @@ class Interrupt(keras.callbacks.Callback):
 @pytest.fixture
 def ckpt_dir(tmp_path):
     return tmp_path / "run"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Keeps each backend's exact-resume cases on one xdist worker.
+
+    They share their uninterrupted reference runs (computed once per worker);
+    every other test is spread over the workers one by one.
+    """
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("backend") if callspec is not None else None
+        if backend is not None and item.module.__name__.endswith("test_exact_resume"):
+            item.add_marker(pytest.mark.xdist_group(f"exact-resume-{backend}"))
