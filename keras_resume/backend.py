@@ -35,6 +35,71 @@ def versions() -> dict:
 _BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 
 
+# --- The processes of a multi-process job (JAX: keras.distribution.initialize) ------
+
+
+def process_index() -> int:
+    """This process's index in a multi-process JAX job; 0 in a single-process run."""
+    if name() != "jax" or not _jax_distributed():
+        return 0
+    import jax
+
+    return jax.process_index()
+
+
+def process_count() -> int:
+    if name() != "jax" or not _jax_distributed():
+        return 1
+    import jax
+
+    return jax.process_count()
+
+
+def _jax_distributed() -> bool:
+    # Asking jax.process_count() before jax.distributed.initialize would start
+    # JAX's backends too early for a script that initializes afterwards.
+    from jax._src import distributed
+
+    return distributed.global_state.client is not None
+
+
+def broadcast_int(value: int) -> int:
+    """Process 0's `value`, on every process of the job (a collective: all must call it)."""
+    if process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is true on any process of the job (a collective)."""
+    if process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.int32(bool(flag)))
+    return bool(np.any(flags))
+
+
+def _local_value(value):
+    """A JAX array this process can read whole: itself, or its own replica of it.
+
+    In a multi-process job a replicated variable (`DataParallel`) spans every
+    process's devices; each process holds a whole copy on its own devices.
+    """
+    if name() != "jax" or getattr(value, "is_fully_addressable", True):
+        return value
+    if value.is_fully_replicated:
+        return value.addressable_data(0)
+    raise NotImplementedError(
+        f"A variable of shape {tuple(value.shape)} is sharded across processes "
+        f"({value.sharding}); keras_resume saves multi-process jobs whose variables "
+        "are replicated (keras.distribution.DataParallel), not sharded ones "
+        "(ModelParallel) yet."
+    )
+
+
 def to_numpy(variable) -> np.ndarray:
     """A host copy of a Keras variable's value, as the model reads it.
 
@@ -42,7 +107,7 @@ def to_numpy(variable) -> np.ndarray:
     copies share, TensorFlow's per-replica metric accumulators (SyncOnRead) the
     aggregate of their copies (numpy cannot convert those directly).
     """
-    value = variable.value
+    value = _local_value(variable.value)
     if name() == "tensorflow":
         import tensorflow as tf
 
@@ -117,6 +182,7 @@ def _host_view(value) -> np.ndarray:
     """
     if isinstance(value, keras.Variable):
         value = value.value
+    value = _local_value(value)
     if name() == "tensorflow" and not isinstance(value, np.ndarray):
         import tensorflow as tf
 
@@ -207,7 +273,7 @@ def _device_copy(value):
 
 def to_host(value) -> np.ndarray:
     """A snapshot value as a host array (a device copy is moved here)."""
-    return value if isinstance(value, np.ndarray) else np.asarray(value)
+    return value if isinstance(value, np.ndarray) else np.asarray(_local_value(value))
 
 
 def copy_into(buffers: dict | None, slot, value) -> np.ndarray:
@@ -649,6 +715,22 @@ def iterators_draw_lazily() -> bool:
     """Whether `fit`'s `_get_iterator` returns something that makes the data
     iterator only when first drawn from (JAX, PyTorch) rather than at once (TensorFlow)."""
     return name() != "tensorflow"
+
+
+def is_end_of_data(error: BaseException) -> bool:
+    """Whether `error`, raised by a train step, is how `fit` learns its data ran out.
+
+    An input of unknown size (a sharded or filtered `tf.data.Dataset`) ends its
+    epoch with StopIteration, or TensorFlow's OutOfRangeError: control flow,
+    not a failure.
+    """
+    if isinstance(error, StopIteration):
+        return True
+    if _tensorflow_loaded():
+        import tensorflow as tf
+
+        return isinstance(error, tf.errors.OutOfRangeError)
+    return False
 
 
 def open_iterator(epoch_iterator) -> None:

@@ -16,7 +16,7 @@ import warnings
 import weakref
 from pathlib import Path
 
-from keras_resume import backend, remote, storage
+from keras_resume import backend, processes, remote, storage
 from keras_resume import manifest as mf
 from keras_resume.errors import (
     CheckpointCorruptError,
@@ -319,6 +319,7 @@ class CheckpointDirectory:
         committed = {c["dir"] for c in self.read_manifest()["checkpoints"]}
         for leftover in storage.leftovers(self.path):
             storage.remove(leftover)
+        processes.remove_parts(self.path)  # parts of a multi-process save never committed
         for child in self.path.iterdir():
             if _CHECKPOINT_DIR.match(child.name) and child.name not in committed:
                 logger.info("Removing uncommitted checkpoint %s", child)
@@ -393,6 +394,8 @@ class CheckpointDirectory:
         fp_id = model_state.fingerprint_id(fp)
         with storage.StagedDirectory(self.path, name) as staged:
             files = [model_state.write_weights(pending.weights, staged.path)]
+            if pending.with_parts:
+                files += self._take_parts(staged.path, pending.position["global_step"])
             if pending.model_config is not None:
                 (staged.path / model_state.CONFIG_FILE).write_text(
                     pending.model_config, encoding="utf-8"
@@ -441,6 +444,18 @@ class CheckpointDirectory:
                 self.remote.remove_checkpoint(old_entry["dir"])
         return entry
 
+    def _take_parts(self, staged: Path, global_step: int) -> list[str]:
+        """Moves the other processes' parts of this save into the checkpoint.
+
+        Waits until every one is complete: the checkpoint is committed only then.
+        """
+        files = []
+        for part in processes.collect_parts(self.path, global_step, processes.current()):
+            part.rename(staged / part.name)
+            files += [f"{part.name}/{f.name}" for f in sorted((staged / part.name).iterdir())]
+        processes.remove_parts(self.path, global_step)
+        return files
+
     def _save_manifest(self, manifest: dict) -> None:
         """Writes the manifest atomically; for a remote run, then uploads it (the commit)."""
         mf.write_manifest(self.manifest_path, manifest)
@@ -465,7 +480,11 @@ class CheckpointDirectory:
         """Applies `change(manifest)` and writes the manifest atomically.
 
         On the writer thread only (or after `wait()`): it must not race a save.
+        In a multi-process job only process 0 writes the manifest: on the other
+        processes (which compute the same changes) this changes nothing.
         """
+        if not processes.current().is_writer:
+            return self.read_manifest()
         self.acquire_writer()
         manifest = self.read_manifest()
         change(manifest)
@@ -530,6 +549,8 @@ class PendingCheckpoint:
     fingerprint: dict
     created: str
     model_config: str | None = None
+    # A multi-process job's backup: wait for the other processes' parts (processes.py).
+    with_parts: bool = False
 
 
 @dataclasses.dataclass

@@ -7,7 +7,7 @@ import warnings
 
 from keras.src.utils import io_utils
 
-from keras_resume import backend
+from keras_resume import backend, processes
 from keras_resume import manifest as mf
 from keras_resume.callbacks.session import SessionCallback
 from keras_resume.errors import CheckpointMismatchError, NoCheckpointError
@@ -65,7 +65,7 @@ class FullStateResume(SessionCallback):
         self._history_done = True
         self._bundle = None
         try:
-            loaded = self.ckpt.read_checkpoint("latest", verify=self.verify)
+            loaded = self._read_newest()
         except NoCheckpointError:
             logger.info("No backup in %s: starting a new run", self.ckpt.location)
             return
@@ -119,6 +119,13 @@ class FullStateResume(SessionCallback):
         super().on_train_end(logs)
 
     # --- helpers ------------------------------------------------------------------
+
+    def _read_newest(self):
+        """The newest backup that verifies; in a multi-process job, the one process 0 chose."""
+        job = self.session.job
+        if not job.multi:
+            return self.ckpt.read_checkpoint("latest", verify=self.verify)
+        return processes.read_agreed(self.ckpt, job, verify=self.verify)
 
     def _check_steps_per_execution(self, entry, step: int) -> None:
         steps_per_call = _steps_per_execution(self.model)

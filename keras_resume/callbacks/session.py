@@ -12,7 +12,7 @@ import warnings
 
 import keras
 
-from keras_resume import backend
+from keras_resume import backend, processes
 from keras_resume.directory import CheckpointDirectory, as_directory
 from keras_resume.errors import DirectoryLockedError, KerasResumeError, SaveError
 from keras_resume.state import model_state
@@ -37,8 +37,11 @@ class TrainingSession:
         self.snapshot_buffers: dict = {}
         # Whether snapshots are copied on the accelerator (decided at the first one).
         self.on_device: bool | None = None
-        ckpt.acquire_writer()
-        ckpt.clean_leftovers()
+        # In a multi-process job process 0 writes the directory; see processes.py.
+        self.job = processes.current()
+        if self.job.is_writer:
+            ckpt.acquire_writer()
+            ckpt.clean_leftovers()
         self._wait_on_error()
         self.tracker = DataTracker(model, epoch_iterator)
         # Set by FullStateResume: batches [0, skip_steps) of skip_epoch were
@@ -85,7 +88,9 @@ class TrainingSession:
         def wait_on_error(original, put_back, *args):
             try:
                 return original(*args)
-            except BaseException:
+            except BaseException as e:
+                if backend.is_end_of_data(e):  # how fit learns an epoch of unknown size ended
+                    raise
                 if writer.busy:
                     logger.warning("Training raised; waiting for the save in flight to commit")
                 writer.discard_outcome()
@@ -141,7 +146,8 @@ class TrainingSession:
                 cleanup()
             self.snapshot_buffers.clear()
             self.tracker.detach()
-            self.ckpt.release_writer()
+            if self.job.is_writer:
+                self.ckpt.release_writer()
 
 
 def join(ckpt: CheckpointDirectory, callback) -> TrainingSession:
@@ -235,6 +241,8 @@ class SessionCallback(keras.callbacks.Callback):
         on the training thread once it committed; a failure is handled as
         `on_error` says, on the training thread too.
         """
+        if not self.session.job.is_writer:
+            on_done = None  # what was committed is process 0's to say
         self.ckpt.writer.submit(
             what,
             prepare,
@@ -266,10 +274,22 @@ class SessionCallback(keras.callbacks.Callback):
         return self.ckpt.writer.shared(("weights", id(model)), take)
 
     def snapshot(self, kind: str, bundle, position: dict, logs, update, keep: int):
-        """Takes a checkpoint of the model now; returns the write for the writer thread."""
+        """Takes a checkpoint of the model now; returns the write for the writer thread.
+
+        In a multi-process job, process 0 writes the checkpoint (and waits for
+        the others' parts); every other process writes only its own state as
+        a part of the backup, and nothing for a best checkpoint.
+        """
+        job = self.session.job
+        if not job.is_writer:
+            if bundle is None:
+                return lambda: None
+            root, step = self.ckpt.path, position["global_step"]
+            return lambda: processes.write_part(root, step, job.index, bundle)
         pending = self.ckpt.snapshot(
             self.model, kind, bundle, position, logs, update, keep, self.snapshot_weights()
         )
+        pending.with_parts = job.multi and bundle is not None
         return lambda: self.ckpt.write(pending)
 
     def _failed(self, what: str, e: BaseException) -> None:

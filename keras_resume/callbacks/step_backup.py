@@ -227,7 +227,9 @@ class StepBackup(SessionCallback):
 
         return self.snapshot("backup", bundle, position, logs, update, self.keep)
 
-    def _announce(self, entry: dict, where: str, epoch: int) -> None:
+    def _announce(self, entry: dict | None, where: str, epoch: int) -> None:
+        if entry is None:  # another process's part of a multi-process backup
+            return
         message = f"Saved backup {entry['dir']} at {where} {epoch + 1}"
         if self.verbose:
             io_utils.print_msg(f"\n{message} to {self.ckpt.location}")

@@ -1,0 +1,162 @@
+"""The processes of a multi-process job writing one checkpoint directory.
+
+In a JAX job started with `keras.distribution.initialize(...)` every process
+runs the same `fit` and the same keras_resume callbacks. Process 0 is the
+writer: it alone holds the directory's lock, writes the weights (every process
+holds the same replicated values) and the manifest. Each other process keeps
+its own state (its RNG, its data pipeline's position) and writes it as a part:
+
+    .parts-000000018/process-1/{state.json, arrays.npz}
+
+The part appears at once (written in `.tmp-process-1`, fsynced, renamed). The
+writer's save waits until every part of its global step is there, moves them
+into the checkpoint as `process-I/`, and only then commits the manifest: a
+checkpoint is listed only when every process's part is complete. A job killed
+mid-save leaves an unlisted `.parts-*` directory, which the next run removes.
+
+On resume, process 0 chooses the checkpoint (the newest that verifies) and
+broadcasts its id; every process loads that one, and its own part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from keras_resume import backend, storage
+from keras_resume.errors import CheckpointCorruptError, NoCheckpointError, SaveError
+from keras_resume.state.bundle import StateBundle
+
+PARTS_PREFIX = ".parts-"
+# How long the writer waits for the other processes' parts of one save.
+PART_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class Job:
+    index: int
+    count: int
+
+    @property
+    def is_writer(self) -> bool:
+        return self.index == 0
+
+    @property
+    def multi(self) -> bool:
+        return self.count > 1
+
+
+def current() -> Job:
+    return Job(backend.process_index(), backend.process_count())
+
+
+def part_name(index: int) -> str:
+    return f"process-{index}"
+
+
+def parts_dir(root: Path, global_step: int) -> Path:
+    return root / f"{PARTS_PREFIX}{global_step:09d}"
+
+
+def write_part(root: Path, global_step: int, index: int, bundle: StateBundle) -> None:
+    """Writes this process's state for the save at `global_step`, appearing whole."""
+    parts = parts_dir(root, global_step)
+    parts.mkdir(parents=True, exist_ok=True)
+    final = parts / part_name(index)
+    tmp = parts / f".tmp-{part_name(index)}"
+    storage.remove(tmp)
+    storage.remove(final)  # a leftover of a killed attempt at the same step
+    tmp.mkdir()
+    for name in bundle.write(tmp):
+        storage.fsync_path(tmp / name)
+    storage.fsync_path(tmp)
+    tmp.rename(final)
+    storage.fsync_path(parts)
+
+
+def collect_parts(
+    root: Path, global_step: int, job: Job, timeout: float = PART_TIMEOUT_S
+) -> list[Path]:
+    """Waits for every other process's part of the save at `global_step`; returns them."""
+    parts = parts_dir(root, global_step)
+    wanted = [parts / part_name(i) for i in range(1, job.count)]
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = [p for p in wanted if not p.is_dir()]
+        if not missing:
+            return wanted
+        if time.monotonic() > deadline:
+            raise SaveError(
+                f"The save at global step {global_step} in {root} is missing the state of "
+                f"{', '.join(p.name for p in missing)} after {timeout:.0f} s: those "
+                "processes did not reach this save (one may have died or hung). The "
+                "checkpoint is not committed; the previous one stands."
+            )
+        time.sleep(0.01)
+
+
+def remove_parts(root: Path, global_step: int | None = None) -> None:
+    """Removes the parts directory of one save, or (None) every one left behind."""
+    if global_step is not None:
+        storage.remove(parts_dir(root, global_step))
+        return
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.name.startswith(PARTS_PREFIX):
+                storage.remove(child)
+
+
+_NONE, _FAILED = -1, -2  # broadcast instead of a checkpoint id
+
+
+def read_agreed(ckpt, job: Job, verify: bool):
+    """Reads the checkpoint process 0 chose, on every process; each gets its own state.
+
+    Process 0 selects the newest backup that verifies and broadcasts its id (a
+    collective: every process calls this at the same point of `fit`); the
+    others read that checkpoint, with their own part as its state bundle.
+    """
+    chosen, failure = _NONE, None
+    if job.is_writer:
+        try:
+            chosen = ckpt.select("latest", verify=verify)["id"]
+        except NoCheckpointError:
+            chosen = _NONE
+        except BaseException as e:  # the others must not wait for an id forever
+            chosen, failure = _FAILED, e
+    chosen = backend.broadcast_int(chosen)
+    if failure is not None:
+        raise failure
+    if chosen == _FAILED:
+        raise CheckpointCorruptError(
+            f"Process 0 could not choose a checkpoint in {ckpt.location} (its error says "
+            "why); nothing was loaded on this process either."
+        )
+    if chosen == _NONE:
+        raise NoCheckpointError(f"No backup in {ckpt.location} (process 0 found none).")
+    loaded = ckpt.read_checkpoint(chosen, verify=False)  # process 0 verified it
+    if job.is_writer:
+        return loaded
+    return dataclasses.replace(loaded, bundle=_own_state(ckpt, loaded.entry, job))
+
+
+def _own_state(ckpt, entry: dict, job: Job) -> StateBundle | None:
+    where = ckpt.checkpoint_path(entry) / part_name(job.index)
+    if not where.is_dir():
+        warnings.warn(
+            f"Checkpoint {ckpt.checkpoint_path(entry)} holds no state for process "
+            f"{job.index} (it was written by a job of {_writers(entry)}): its weights are "
+            "restored, but this process's RNG and data position start fresh, so the "
+            "resumed run is not bit-identical.",
+            stacklevel=4,
+        )
+        return None
+    return StateBundle.read(where)
+
+
+def _writers(entry: dict) -> str:
+    parts = {f["path"].split("/")[0] for f in entry["files"] if "/" in f["path"]}
+    return f"{len(parts) + 1} process(es)"

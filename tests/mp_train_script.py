@@ -1,0 +1,102 @@
+"""One process of a multi-process JAX training job, for the scale-out tests.
+
+Started N times (by the test, or by `keras-resume run --nprocs N`), with the
+job's shape in the environment the launcher sets: KERAS_RESUME_COORDINATOR,
+KERAS_RESUME_NUM_PROCESSES, KERAS_RESUME_PROCESS_ID. Trains a small model with
+`keras.distribution.DataParallel` over every process's CPU device, on a
+`tf.data` input sharded per process, with keras_resume's callbacks on one
+shared directory; optionally SIGKILLs the whole job at a global step (every
+process kills itself there), and writes each process's final state to
+--out-PROCESS_ID.npz.
+
+    python tests/mp_train_script.py --dir D --out O [--kill-at-step K]
+"""
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_script import KillAtStep, build_model, final_state, make_data  # noqa: E402
+
+import keras_resume as kr  # noqa: E402
+from keras_resume import backend  # noqa: E402
+
+BATCH = 8  # global batch: BATCH / num_processes rows from each process
+
+
+class KillAfterSaves(KillAtStep):
+    """SIGKILLs this process at `step`, once its saves in flight are written.
+
+    So that the newest committed backup is the same in every run of the test
+    (the kill itself still lands mid-epoch, steps after that backup).
+    """
+
+    def __init__(self, step, ckpt):
+        super().__init__(step)
+        self.ckpt = ckpt
+
+    def on_train_batch_end(self, batch, logs=None):
+        if backend.read_int(self.model.optimizer.iterations) >= self.step:
+            self.ckpt.wait()
+        super().on_train_batch_end(batch, logs)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dir", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--every", type=int, default=5)
+    parser.add_argument("--kill-at-step", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    num_processes = int(os.environ["KERAS_RESUME_NUM_PROCESSES"])
+    process_id = int(os.environ["KERAS_RESUME_PROCESS_ID"])
+    keras.distribution.initialize(
+        job_addresses=os.environ["KERAS_RESUME_COORDINATOR"],
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+    keras.utils.set_random_seed(42)
+
+    import tensorflow as tf
+
+    (x, y), (xv, yv) = make_data()
+    local = BATCH // num_processes
+    ds = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .shard(num_processes, process_id)
+        .shuffle(len(x), seed=7)
+        .batch(local, drop_remainder=True)
+    )
+    val = tf.data.Dataset.from_tensor_slices((xv, yv)).shard(num_processes, process_id)
+    val = val.batch(local, drop_remainder=True)
+
+    model = build_model("plateau")
+    ckpt = kr.CheckpointDirectory(args.dir)
+    callbacks = []
+    if args.kill_at_step is not None:
+        callbacks.append(KillAfterSaves(args.kill_at_step, ckpt))
+    callbacks += ckpt.callbacks(every_n_steps=args.every, monitor="val_loss")
+    history = model.fit(ds, validation_data=val, epochs=args.epochs, callbacks=callbacks, verbose=0)
+    arrays = final_state(model)
+    arrays["history"] = np.array(json.dumps({"epoch": history.epoch, **history.history}))
+    np.savez(f"{args.out}-{process_id}.npz", **arrays)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""A 2-process JAX job on loopback: one directory, one writer, exact resume.
+
+Two real processes (tests/mp_train_script.py) join one job through
+`keras.distribution.initialize` on 127.0.0.1 with gloo collectives, train with
+`DataParallel` on a sharded `tf.data` input, and back up to one directory.
+The job is SIGKILLed mid-epoch (each process kills itself at the same global
+step; whichever survives a moment longer is killed by the test), rerun, and
+must end bit-identical, on every process, to a job never interrupted.
+"""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from keras_resume import processes
+from keras_resume.errors import SaveError
+from keras_resume.state.bundle import StateBundle
+from tests.conftest import TESTS, assert_identical, load_result, script_env
+
+SCRIPT = TESTS / "mp_train_script.py"
+NPROCS = 2
+JOB_TIMEOUT = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_job(tmp_path, name, *args, kill_at=None):
+    """Runs the job; returns each process's return code. Kills stragglers of a dead job."""
+    env = script_env("jax")
+    env["KERAS_RESUME_COORDINATOR"] = f"127.0.0.1:{_free_port()}"
+    env["KERAS_RESUME_NUM_PROCESSES"] = str(NPROCS)
+    extra = ["--kill-at-step", str(kill_at)] if kill_at is not None else []
+    procs = []
+    for i in range(NPROCS):
+        log = open(tmp_path / f"{name}-{i}.log", "w")  # noqa: SIM115 - closed below
+        procs.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, str(SCRIPT), *map(str, args), *extra],
+                    env=dict(env, KERAS_RESUME_PROCESS_ID=str(i)),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                ),
+                log,
+            )
+        )
+    deadline = time.monotonic() + JOB_TIMEOUT
+    try:
+        while any(p.poll() is None for p, _ in procs):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {name} still running after {JOB_TIMEOUT} s")
+            if kill_at is not None and any(p.poll() == -signal.SIGKILL for p, _ in procs):
+                # The whole job dies: a survivor would wait in a collective forever.
+                time.sleep(0.5)
+                for p, _ in procs:
+                    if p.poll() is None:
+                        p.send_signal(signal.SIGKILL)
+            time.sleep(0.05)
+    finally:
+        for p, log in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+            log.close()
+    return [p.returncode for p, _ in procs]
+
+
+def _log(tmp_path, name, i):
+    return (tmp_path / f"{name}-{i}.log").read_text()[-3000:]
+
+
+def test_two_process_job_sigkilled_mid_epoch_resumes_bit_identical(tmp_path):
+    ref_args = ["--dir", tmp_path / "ref", "--out", tmp_path / "ref"]
+    codes = run_job(tmp_path, "ref", *ref_args)
+    assert codes == [0] * NPROCS, [_log(tmp_path, "ref", i) for i in range(NPROCS)]
+    reference = [load_result(tmp_path / f"ref-{i}.npz") for i in range(NPROCS)]
+    assert_identical(reference[0], reference[1])  # replicated: both hold the same state
+
+    args = ["--dir", tmp_path / "run", "--out", tmp_path / "out"]
+    codes = run_job(tmp_path, "killed", *args, kill_at=18)
+    assert codes == [-signal.SIGKILL] * NPROCS
+    assert not list(tmp_path.glob("out-*.npz"))
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    backups = [c for c in manifest["checkpoints"] if c["kind"] == "backup"]
+    newest = backups[-1]
+    assert (newest["global_step"], newest["step_in_epoch"]) == (15, 3)  # mid-epoch 2
+    # One checkpoint, one writer: process 1's state is a part of it.
+    assert {f["path"] for f in newest["files"]} >= {
+        "state.json",
+        "process-1/state.json",
+        "process-1/arrays.npz",
+    }
+
+    codes = run_job(tmp_path, "resumed", *args)
+    assert codes == [0] * NPROCS, [_log(tmp_path, "resumed", i) for i in range(NPROCS)]
+    for i in range(NPROCS):
+        assert_identical(reference[i], load_result(tmp_path / f"out-{i}.npz"))
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["resumes"][-1]["checkpoint_id"] == newest["id"]
+    assert not list((tmp_path / "run").glob(".parts-*"))  # leftovers of the kill removed
+
+
+def test_per_process_state_differs_and_is_kept_per_process(tmp_path):
+    """Each process's data position and RNG are its own: process 1's part is not a copy."""
+    args = ["--dir", tmp_path / "run", "--out", tmp_path / "out", "--epochs", "1"]
+    assert run_job(tmp_path, "one", *args) == [0] * NPROCS
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    newest = [c for c in manifest["checkpoints"] if c["kind"] == "backup"][-1]
+    root = tmp_path / "run" / newest["dir"]
+    mine = json.loads((root / "state.json").read_text())
+    theirs = json.loads((root / "process-1" / "state.json").read_text())
+    assert set(mine) == set(theirs)
+    assert mine["data"]["iterators_created"] == theirs["data"]["iterators_created"]
+    with np.load(root / "arrays.npz") as a, np.load(root / "process-1" / "arrays.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+
+
+def test_a_part_that_never_comes_is_not_committed(tmp_path):
+    """Process 1 dies before its part of a save: process 0 commits nothing for that step."""
+    root = tmp_path / "run"
+    root.mkdir()
+    job = processes.Job(0, 2)
+    with pytest.raises(SaveError, match="missing the state of process-1"):
+        processes.collect_parts(root, 20, job, timeout=0.2)
+    # A part appears whole (written aside, renamed): a half-written one is never taken.
+    processes.write_part(root, 20, 1, StateBundle({"x": 1}, {"a/0": np.arange(3)}))
+    [part] = processes.collect_parts(root, 20, job, timeout=1)
+    assert part.name == "process-1" and (part / "state.json").exists()
+    assert not list(part.parent.glob(".tmp-*"))
