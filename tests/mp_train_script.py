@@ -60,6 +60,12 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--kill-at-step", type=int, default=None)
+    parser.add_argument(
+        "--kill-process", type=int, default=None, help="only this process kills itself"
+    )
+    parser.add_argument(
+        "--kill-once", default=None, help="a marker file: kill only if it does not exist yet"
+    )
     args = parser.parse_args(argv)
 
     num_processes = int(os.environ["KERAS_RESUME_NUM_PROCESSES"])
@@ -88,7 +94,13 @@ def main(argv=None):
     model = build_model("plateau")
     ckpt = kr.CheckpointDirectory(args.dir)
     callbacks = []
-    if args.kill_at_step is not None:
+    kill = args.kill_at_step is not None and args.kill_process in (None, process_id)
+    if kill and args.kill_once is not None:
+        if os.path.exists(args.kill_once):
+            kill = False
+        else:
+            open(args.kill_once, "w").close()
+    if kill:
         callbacks.append(KillAfterSaves(args.kill_at_step, ckpt))
     callbacks += ckpt.callbacks(every_n_steps=args.every, monitor="val_loss")
     history = model.fit(ds, validation_data=val, epochs=args.epochs, callbacks=callbacks, verbose=0)

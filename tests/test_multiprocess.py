@@ -23,6 +23,8 @@ from keras_resume.errors import SaveError
 from keras_resume.state.bundle import StateBundle
 from tests.conftest import TESTS, assert_identical, load_result, script_env
 
+pytestmark = pytest.mark.xdist_group("multiprocess")  # one worker: one shared reference
+
 SCRIPT = TESTS / "mp_train_script.py"
 NPROCS = 2
 JOB_TIMEOUT = 240
@@ -79,12 +81,18 @@ def _log(tmp_path, name, i):
     return (tmp_path / f"{name}-{i}.log").read_text()[-3000:]
 
 
-def test_two_process_job_sigkilled_mid_epoch_resumes_bit_identical(tmp_path):
-    ref_args = ["--dir", tmp_path / "ref", "--out", tmp_path / "ref"]
-    codes = run_job(tmp_path, "ref", *ref_args)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Each process's final state after a job never interrupted."""
+    tmp_path = tmp_path_factory.mktemp("mp-reference")
+    codes = run_job(tmp_path, "ref", "--dir", tmp_path / "ref", "--out", tmp_path / "ref")
     assert codes == [0] * NPROCS, [_log(tmp_path, "ref", i) for i in range(NPROCS)]
-    reference = [load_result(tmp_path / f"ref-{i}.npz") for i in range(NPROCS)]
-    assert_identical(reference[0], reference[1])  # replicated: both hold the same state
+    results = [load_result(tmp_path / f"ref-{i}.npz") for i in range(NPROCS)]
+    assert_identical(results[0], results[1])  # replicated: both hold the same state
+    return results
+
+
+def test_two_process_job_sigkilled_mid_epoch_resumes_bit_identical(tmp_path, reference):
 
     args = ["--dir", tmp_path / "run", "--out", tmp_path / "out"]
     codes = run_job(tmp_path, "killed", *args, kill_at=18)
@@ -137,3 +145,93 @@ def test_a_part_that_never_comes_is_not_committed(tmp_path):
     [part] = processes.collect_parts(root, 20, job, timeout=1)
     assert part.name == "process-1" and (part / "state.json").exists()
     assert not list(part.parent.glob(".tmp-*"))
+
+
+def test_sigterm_to_the_launcher_saves_once_on_every_process_and_resumes_exactly(
+    tmp_path, reference
+):
+    """`keras-resume run --nprocs 2`: a preemption's SIGTERM reaches both processes at
+    different moments; they agree on one step, save it together, and exit 143."""
+    args = ["--dir", tmp_path / "run", "--out", tmp_path / "out", "--every", "1000"]
+    env = script_env("jax")
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "keras_resume",
+            "run",
+            "--nprocs",
+            str(NPROCS),
+            "--grace",
+            "60",
+            "--",
+            sys.executable,
+            str(SCRIPT),
+            *map(str, args),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    manifest_path = tmp_path / "run" / "manifest.json"
+    try:
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while not manifest_path.exists():  # the end of epoch 1: training is on
+            assert launcher.poll() is None, launcher.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "no backup in time"
+            time.sleep(0.02)
+        time.sleep(0.2)
+        launcher.send_signal(signal.SIGTERM)
+        output, _ = launcher.communicate(timeout=JOB_TIMEOUT)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 143, output[-3000:]
+    assert output.count("SIGTERM: saved a full checkpoint") == NPROCS, output[-3000:]
+    manifest = json.loads(manifest_path.read_text())
+    newest = [c for c in manifest["checkpoints"] if c["kind"] == "backup"][-1]
+    assert not newest["epoch_complete"], "the SIGTERM save is mid-epoch"
+    assert "process-1/state.json" in {f["path"] for f in newest["files"]}
+
+    assert run_job(tmp_path, "resumed", *args) == [0] * NPROCS
+    for i in range(NPROCS):
+        assert_identical(reference[i], load_result(tmp_path / f"out-{i}.npz"))
+
+
+def test_launcher_restarts_the_whole_job_when_one_process_dies(tmp_path, reference):
+    """Process 1 is SIGKILLed; process 0 is left waiting in a collective. The launcher
+    stops it (SIGTERM, then SIGKILL after the grace), restarts both, and the job
+    resumes from the newest backup and ends bit-identical."""
+    args = ["--dir", tmp_path / "run", "--out", tmp_path / "out"]
+    kill = ["--kill-at-step", "18", "--kill-process", "1", "--kill-once", tmp_path / "killed"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keras_resume",
+            "run",
+            "--nprocs",
+            str(NPROCS),
+            "--grace",
+            "5",
+            "--max-restarts",
+            "2",
+            "--backoff",
+            "0",
+            "--",
+            sys.executable,
+            str(SCRIPT),
+            *map(str, args + kill),
+        ],
+        env=script_env("jax"),
+        capture_output=True,
+        text=True,
+        timeout=2 * JOB_TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[process 1]" in proc.stderr and "restarting the job" in proc.stderr
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert [r["global_step"] for r in manifest["resumes"]] == [15]
+    for i in range(NPROCS):
+        assert_identical(reference[i], load_result(tmp_path / f"out-{i}.npz"))

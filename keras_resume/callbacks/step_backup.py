@@ -134,7 +134,14 @@ class StepBackup(SessionCallback):
             self._exit_preempted("at the end of training", saved=True)
 
     def _preempted(self) -> bool:
-        return self.preemption is not None and self.preemption.requested
+        if self.preemption is None:
+            return False
+        if self.session.job.multi:
+            # Every process must save at the same step: they learn of a SIGTERM
+            # at different moments, so they agree, at each step boundary (a
+            # collective; every process calls this at the same points of fit).
+            return backend.any_process(self.preemption.requested)
+        return self.preemption.requested
 
     def _save_for_preemption(self, epoch: int, step: int) -> bool:
         where = f"step {step} of epoch"
