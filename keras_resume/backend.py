@@ -183,6 +183,8 @@ def _host_view(value) -> np.ndarray:
     if isinstance(value, keras.Variable):
         value = value.value
     value = _local_value(value)
+    if name() == "jax" and not isinstance(value, np.ndarray):
+        return np.asarray(value)  # on the CPU a view of the buffer; else one device-to-host copy
     if name() == "tensorflow" and not isinstance(value, np.ndarray):
         import tensorflow as tf
 

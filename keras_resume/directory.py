@@ -394,8 +394,8 @@ class CheckpointDirectory:
         fp_id = model_state.fingerprint_id(fp)
         with storage.StagedDirectory(self.path, name) as staged:
             files = [model_state.write_weights(pending.weights, staged.path)]
-            if pending.with_parts:
-                files += self._take_parts(staged.path, pending.position["global_step"])
+            if pending.parts_key is not None:
+                files += self._take_parts(staged.path, pending.parts_key)
             if pending.model_config is not None:
                 (staged.path / model_state.CONFIG_FILE).write_text(
                     pending.model_config, encoding="utf-8"
@@ -444,16 +444,16 @@ class CheckpointDirectory:
                 self.remote.remove_checkpoint(old_entry["dir"])
         return entry
 
-    def _take_parts(self, staged: Path, global_step: int) -> list[str]:
+    def _take_parts(self, staged: Path, key: str) -> list[str]:
         """Moves the other processes' parts of this save into the checkpoint.
 
         Waits until every one is complete: the checkpoint is committed only then.
         """
         files = []
-        for part in processes.collect_parts(self.path, global_step, processes.current()):
+        for part in processes.collect_parts(self.path, key, processes.current()):
             part.rename(staged / part.name)
             files += [f"{part.name}/{f.name}" for f in sorted((staged / part.name).iterdir())]
-        processes.remove_parts(self.path, global_step)
+        processes.remove_parts(self.path, key)
         return files
 
     def _save_manifest(self, manifest: dict) -> None:
@@ -549,8 +549,8 @@ class PendingCheckpoint:
     fingerprint: dict
     created: str
     model_config: str | None = None
-    # A multi-process job's backup: wait for the other processes' parts (processes.py).
-    with_parts: bool = False
+    # A multi-process job's backup: the save whose parts to wait for (processes.py).
+    parts_key: str | None = None
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@ writer: it alone holds the directory's lock, writes the weights (every process
 holds the same replicated values) and the manifest. Each other process keeps
 its own state (its RNG, its data pipeline's position) and writes it as a part:
 
-    .parts-000000018/process-1/{state.json, arrays.npz}
+    .parts-000000018-00003/process-1/{state.json, arrays.npz}   (global step, save number)
 
 The part appears at once (written in `.tmp-process-1`, fsynced, renamed). The
 writer's save waits until every part of its global step is there, moves them
@@ -57,13 +57,23 @@ def part_name(index: int) -> str:
     return f"process-{index}"
 
 
-def parts_dir(root: Path, global_step: int) -> Path:
-    return root / f"{PARTS_PREFIX}{global_step:09d}"
+def save_key(global_step: int, sequence: int) -> str:
+    """Names one save of a job the same on every process.
+
+    The global step alone is not enough: a step backup and the epoch-end backup
+    can fall on the same step. Every process takes the same saves in the same
+    order, so the number of the save within the `fit` call tells them apart.
+    """
+    return f"{global_step:09d}-{sequence:05d}"
 
 
-def write_part(root: Path, global_step: int, index: int, bundle: StateBundle) -> None:
-    """Writes this process's state for the save at `global_step`, appearing whole."""
-    parts = parts_dir(root, global_step)
+def parts_dir(root: Path, key: str) -> Path:
+    return root / f"{PARTS_PREFIX}{key}"
+
+
+def write_part(root: Path, key: str, index: int, bundle: StateBundle) -> None:
+    """Writes this process's state for the save `key`, appearing whole."""
+    parts = parts_dir(root, key)
     parts.mkdir(parents=True, exist_ok=True)
     final = parts / part_name(index)
     tmp = parts / f".tmp-{part_name(index)}"
@@ -77,11 +87,9 @@ def write_part(root: Path, global_step: int, index: int, bundle: StateBundle) ->
     storage.fsync_path(parts)
 
 
-def collect_parts(
-    root: Path, global_step: int, job: Job, timeout: float = PART_TIMEOUT_S
-) -> list[Path]:
-    """Waits for every other process's part of the save at `global_step`; returns them."""
-    parts = parts_dir(root, global_step)
+def collect_parts(root: Path, key: str, job: Job, timeout: float = PART_TIMEOUT_S) -> list[Path]:
+    """Waits for every other process's part of the save `key`; returns them."""
+    parts = parts_dir(root, key)
     wanted = [parts / part_name(i) for i in range(1, job.count)]
     deadline = time.monotonic() + timeout
     while True:
@@ -90,7 +98,8 @@ def collect_parts(
             return wanted
         if time.monotonic() > deadline:
             raise SaveError(
-                f"The save at global step {global_step} in {root} is missing the state of "
+                f"The save at global step {int(key.split('-')[0])} in {root} is missing the "
+                "state of "
                 f"{', '.join(p.name for p in missing)} after {timeout:.0f} s: those "
                 "processes did not reach this save (one may have died or hung). The "
                 "checkpoint is not committed; the previous one stands."
@@ -98,10 +107,10 @@ def collect_parts(
         time.sleep(0.01)
 
 
-def remove_parts(root: Path, global_step: int | None = None) -> None:
+def remove_parts(root: Path, key: str | None = None) -> None:
     """Removes the parts directory of one save, or (None) every one left behind."""
-    if global_step is not None:
-        storage.remove(parts_dir(root, global_step))
+    if key is not None:
+        storage.remove(parts_dir(root, key))
         return
     if root.is_dir():
         for child in root.iterdir():

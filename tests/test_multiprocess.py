@@ -138,11 +138,12 @@ def test_a_part_that_never_comes_is_not_committed(tmp_path):
     root = tmp_path / "run"
     root.mkdir()
     job = processes.Job(0, 2)
+    key = processes.save_key(20, 4)
     with pytest.raises(SaveError, match="missing the state of process-1"):
-        processes.collect_parts(root, 20, job, timeout=0.2)
+        processes.collect_parts(root, key, job, timeout=0.2)
     # A part appears whole (written aside, renamed): a half-written one is never taken.
-    processes.write_part(root, 20, 1, StateBundle({"x": 1}, {"a/0": np.arange(3)}))
-    [part] = processes.collect_parts(root, 20, job, timeout=1)
+    processes.write_part(root, key, 1, StateBundle({"x": 1}, {"a/0": np.arange(3)}))
+    [part] = processes.collect_parts(root, key, job, timeout=1)
     assert part.name == "process-1" and (part / "state.json").exists()
     assert not list(part.parent.glob(".tmp-*"))
 

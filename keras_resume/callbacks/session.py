@@ -39,6 +39,7 @@ class TrainingSession:
         self.on_device: bool | None = None
         # In a multi-process job process 0 writes the directory; see processes.py.
         self.job = processes.current()
+        self.saves_with_parts = 0  # numbers the saves, the same on every process
         if self.job.is_writer:
             ckpt.acquire_writer()
             ckpt.clean_leftovers()
@@ -280,16 +281,20 @@ class SessionCallback(keras.callbacks.Callback):
         the others' parts); every other process writes only its own state as
         a part of the backup, and nothing for a best checkpoint.
         """
-        job = self.session.job
+        session, job = self.session, self.session.job
+        key = None
+        if job.multi and bundle is not None:
+            session.saves_with_parts += 1
+            key = processes.save_key(position["global_step"], session.saves_with_parts)
         if not job.is_writer:
-            if bundle is None:
+            if key is None:
                 return lambda: None
-            root, step = self.ckpt.path, position["global_step"]
-            return lambda: processes.write_part(root, step, job.index, bundle)
+            root = self.ckpt.path
+            return lambda: processes.write_part(root, key, job.index, bundle)
         pending = self.ckpt.snapshot(
             self.model, kind, bundle, position, logs, update, keep, self.snapshot_weights()
         )
-        pending.with_parts = job.multi and bundle is not None
+        pending.parts_key = key
         return lambda: self.ckpt.write(pending)
 
     def _failed(self, what: str, e: BaseException) -> None:
