@@ -94,6 +94,9 @@ def restore(model, ckpt, which="latest", verify: bool = True) -> RestoreInfo:
     Python's, NumPy's and the backend's global generators alone. To continue
     training exactly, use `FullStateResume` in `fit` instead.
 
+    In a multi-process JAX job, call it on every process at the same point:
+    assigning into a variable replicated across processes is a collective.
+
     Example:
 
     ```python
