@@ -63,28 +63,12 @@ def worker(args) -> None:
     x = np.random.RandomState(i).normal(size=(8 * args.every * args.saves, width))
     ds = tf.data.Dataset.from_tensor_slices((x.astype("float32"),) * 2).batch(8)
 
+    from stall import timed  # benchmarks/stall.py, beside this script
+
     stalls, commits = [], []
     backup = kr.StepBackup(args.dir, every_n_steps=args.every, keep=1)
-    original_save = backup._save
-
-    def timed_save(*a, **k):
-        start = time.perf_counter()
-        try:
-            return original_save(*a, **k)
-        finally:
-            stalls.append(time.perf_counter() - start)
-
-    backup._save = timed_save
-    original_write = CheckpointDirectory.write
-
-    def timed_write(self, pending):
-        start = time.perf_counter()
-        try:
-            return original_write(self, pending)
-        finally:
-            commits.append(time.perf_counter() - start)
-
-    CheckpointDirectory.write = timed_write
+    timed(backup, "_save", stalls)
+    timed(CheckpointDirectory, "write", commits)  # every directory object of this process
     start = time.perf_counter()
     model.fit(ds, epochs=1, verbose=0, callbacks=[backup, kr.RngCapture(args.dir)])
     fit_s = time.perf_counter() - start
