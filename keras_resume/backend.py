@@ -72,6 +72,15 @@ def broadcast_int(value: int) -> int:
     return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
 
 
+def barrier(name: str) -> None:
+    """Returns once every process of the job got here (a collective)."""
+    if process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
 def any_process(flag: bool) -> bool:
     """Whether `flag` is true on any process of the job (a collective)."""
     if process_count() == 1:

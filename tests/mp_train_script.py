@@ -106,6 +106,10 @@ def main(argv=None):
     history = model.fit(ds, validation_data=val, epochs=args.epochs, callbacks=callbacks, verbose=0)
     arrays = final_state(model)
     arrays["history"] = np.array(json.dumps({"epoch": history.epoch, **history.history}))
+    # What this process reads in the directory as soon as fit returns (process 0 commits).
+    arrays["seen_after_fit/newest_backup_step"] = np.array(
+        ckpt.checkpoints("backup")[-1]["global_step"]
+    )
     np.savez(f"{args.out}-{process_id}.npz", **arrays)
     return 0
 

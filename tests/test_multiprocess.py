@@ -89,6 +89,10 @@ def reference(tmp_path_factory):
     assert codes == [0] * NPROCS, [_log(tmp_path, "ref", i) for i in range(NPROCS)]
     results = [load_result(tmp_path / f"ref-{i}.npz") for i in range(NPROCS)]
     assert_identical(results[0], results[1])  # replicated: both hold the same state
+    # fit returned on no process before process 0 committed the epoch-end backup of
+    # the last epoch (3 epochs of 12 steps): process 1 reads it at once.
+    for arrays, _ in results:
+        assert int(arrays["seen_after_fit/newest_backup_step"]) == 36
     return results
 
 

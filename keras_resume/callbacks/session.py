@@ -139,7 +139,13 @@ class TrainingSession:
         self.closed = True
         try:
             if report:
-                self.ckpt.writer.wait()
+                try:
+                    self.ckpt.writer.wait()
+                finally:
+                    # A multi-process `fit` returns on no process before process 0
+                    # has committed (or failed) the last save: a `restore` or a new
+                    # `fit` right after it must not read a manifest mid-commit.
+                    backend.barrier("keras_resume: fit's last save committed")
             else:
                 self.ckpt.writer.discard_outcome()
         finally:
