@@ -77,6 +77,14 @@ def run_job(tmp_path, name, *args, kill_at=None):
     return [p.returncode for p, _ in procs]
 
 
+def launcher_command(options, script_args) -> list[str]:
+    """`keras-resume run --nprocs NPROCS OPTIONS -- python mp_train_script.py SCRIPT_ARGS`."""
+    return [
+        sys.executable, "-m", "keras_resume", "run", "--nprocs", str(NPROCS), *options,
+        "--", sys.executable, str(SCRIPT), *map(str, script_args),
+    ]  # fmt: skip
+
+
 def _log(tmp_path, name, i):
     return (tmp_path / f"{name}-{i}.log").read_text()[-3000:]
 
@@ -160,20 +168,7 @@ def test_sigterm_to_the_launcher_saves_once_on_every_process_and_resumes_exactly
     args = ["--dir", tmp_path / "run", "--out", tmp_path / "out", "--every", "1000"]
     env = script_env("jax")
     launcher = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "keras_resume",
-            "run",
-            "--nprocs",
-            str(NPROCS),
-            "--grace",
-            "60",
-            "--",
-            sys.executable,
-            str(SCRIPT),
-            *map(str, args),
-        ],
+        launcher_command(["--grace", "60"], args),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -214,24 +209,7 @@ def test_launcher_restarts_the_whole_job_when_one_process_dies(tmp_path, referen
     args = ["--dir", tmp_path / "run", "--out", tmp_path / "out"]
     kill = ["--kill-at-step", "18", "--kill-process", "1", "--kill-once", tmp_path / "killed"]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keras_resume",
-            "run",
-            "--nprocs",
-            str(NPROCS),
-            "--grace",
-            "5",
-            "--max-restarts",
-            "2",
-            "--backoff",
-            "0",
-            "--",
-            sys.executable,
-            str(SCRIPT),
-            *map(str, args + kill),
-        ],
+        launcher_command(["--grace", "5", "--max-restarts", "2", "--backoff", "0"], args + kill),
         env=script_env("jax"),
         capture_output=True,
         text=True,
