@@ -6,6 +6,7 @@ The rest of keras_resume calls only these functions. Supporting another backend
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import keras
@@ -95,18 +96,87 @@ def _local_value(value):
     """A JAX array this process can read whole: itself, or its own replica of it.
 
     In a multi-process job a replicated variable (`DataParallel`) spans every
-    process's devices; each process holds a whole copy on its own devices.
+    process's devices; each process holds a whole copy on its own devices. A
+    variable sharded across processes (`ModelParallel`) has no whole copy
+    here: see `sharded_across_processes` and `Shards`.
     """
     if name() != "jax" or getattr(value, "is_fully_addressable", True):
         return value
     if value.is_fully_replicated:
         return value.addressable_data(0)
-    raise NotImplementedError(
+    raise ValueError(
         f"A variable of shape {tuple(value.shape)} is sharded across processes "
-        f"({value.sharding}); keras_resume saves multi-process jobs whose variables "
-        "are replicated (keras.distribution.DataParallel), not sharded ones "
-        "(ModelParallel) yet."
+        f"({value.sharding}): this process holds only its own shards, so it cannot be "
+        "read here as one array. keras_resume saves and restores such variables shard "
+        "by shard; to read one whole, gather it on every process "
+        "(jax.experimental.multihost_utils.process_allgather(value, tiled=True))."
     )
+
+
+def sharded_across_processes(value) -> bool:
+    """Whether `value` (a variable or array) is split between the processes of a job."""
+    if isinstance(value, keras.Variable):
+        value = value.value
+    return (
+        name() == "jax"
+        and not getattr(value, "is_fully_addressable", True)
+        and not value.is_fully_replicated
+    )
+
+
+def has_process_shards(model) -> bool:
+    """Whether any model or optimizer variable is sharded across processes."""
+    sync_state(model)
+    return any(sharded_across_processes(v) for v in model.weights + _optimizer_variables(model))
+
+
+@dataclasses.dataclass
+class Shards:
+    """The part of a variable sharded across processes that this process saves.
+
+    `pieces`: `[(bounds, array)]`, `bounds` a `[start, stop]` per dimension of
+    the global array. Only the shards this process owns (replica 0 of each):
+    across the job every element is saved once, and nothing is gathered.
+    """
+
+    shape: tuple
+    dtype: str
+    pieces: list
+
+
+def _owned_shards(value) -> list:
+    """`(bounds, shard)` for each shard of `value` that this process saves."""
+    out = []
+    for shard in value.addressable_shards:
+        if shard.replica_id != 0:  # another device (maybe another process) holds it too
+            continue
+        bounds = [list(s.indices(n)[:2]) for s, n in zip(shard.index, value.shape)]
+        out.append((bounds, shard.data))
+    return out
+
+
+def _shards(value, copy) -> Shards:
+    if isinstance(value, keras.Variable):
+        value = value.value
+    pieces = [(bounds, copy(i, data)) for i, (bounds, data) in enumerate(_owned_shards(value))]
+    return Shards(tuple(value.shape), str(value.dtype), pieces)
+
+
+def array_from_regions(variable, read):
+    """A value for `variable` whose every shard is `read(index)`, read where it lives.
+
+    `read(index)` gives the region `index` (a tuple of slices) of the global
+    array as numpy. On JAX each process reads only the regions of its own
+    devices, in the variable's current layout (whatever the layout it was
+    saved from); elsewhere the whole array is read.
+    """
+    shape = tuple(variable.shape)
+    if name() == "jax" and isinstance(variable, keras.Variable):
+        import jax
+
+        sharding = variable.value.sharding
+        return jax.make_array_from_callback(shape, sharding, read)
+    return read(tuple(slice(0, n) for n in shape))
 
 
 def to_numpy(variable) -> np.ndarray:
@@ -282,9 +352,13 @@ def _device_copy(value):
     return jnp.array(value, copy=True)
 
 
-def to_host(value) -> np.ndarray:
-    """A snapshot value as a host array (a device copy is moved here)."""
-    return value if isinstance(value, np.ndarray) else np.asarray(_local_value(value))
+def to_host(value):
+    """A snapshot value as a host array (a device copy is moved here), or its `Shards`."""
+    if isinstance(value, (np.ndarray, Shards)):
+        return value
+    if sharded_across_processes(value):
+        return _shards(value, lambda _, data: np.asarray(data))
+    return np.asarray(_local_value(value))
 
 
 def copy_into(buffers: dict | None, slot, value) -> np.ndarray:
@@ -324,11 +398,10 @@ def _snapshot_store_class():
     class SnapshotStore(saving_lib.H5IOStore):
         """Records `make(path, metadata)` and `store[key] = value` as host copies."""
 
-        def __init__(self, buffers, on_device):  # no file: nothing of H5IOStore's is used
+        def __init__(self, take):  # no file: nothing of H5IOStore's is used
             self.entries: list = []
             self.mode = "w"
-            self.buffers = buffers
-            self.on_device = on_device
+            self.take = take  # take(path, key, value): what to record, or _SKIP
 
         def __bool__(self):
             return True
@@ -339,11 +412,10 @@ def _snapshot_store_class():
             return self
 
         def __setitem__(self, key, value):
-            path = self._current[0]
-            if self.on_device:
-                self._current[2][key] = _device_copy(value)
-            else:
-                self._current[2][key] = copy_into(self.buffers, (path, key), value)
+            path, values = self._current[0], self._current[2]
+            taken = self.take(path, key, value)
+            if taken is not _SKIP:
+                values[key] = taken
 
         def __len__(self):
             return len(self._current[2])
@@ -391,18 +463,41 @@ def sync_state(model) -> None:
         model.jax_state_sync()
 
 
-def snapshot_weights(model, buffers: dict | None = None, on_device: bool = False) -> list[tuple]:
+_SKIP = object()
+
+
+def snapshot_weights(
+    model, buffers: dict | None = None, on_device: bool = False, sharded_only: bool = False
+) -> list[tuple]:
     """Copies of everything `model.save_weights` would write, in its layout.
 
     Returns `[(path, metadata, {key: array})]`. Host copies, or with
     `on_device` (see `device_snapshot`) copies in device memory that
     `write_weights` moves to the host. With `buffers` (a dict kept by the
     caller), host copies go into the previous snapshot's arrays: that snapshot
-    must no longer be in use.
+    must no longer be in use. A variable sharded across processes is copied
+    as this process's `Shards`; with `sharded_only`, nothing else is copied
+    (what the other processes of a job save: process 0 saves the rest).
     """
+
+    def take(path, key, value):
+        sharded = sharded_across_processes(value)
+        if sharded_only and not sharded:
+            return _SKIP
+        if on_device:
+            return _device_copy(value)
+        if sharded:
+            return _shards(value, lambda i, data: copy_into(buffers, (path, key, i), data))
+        return copy_into(buffers, (path, key), value)
+
+    return _walk_weights(model, take)
+
+
+def _walk_weights(model, take) -> list[tuple]:
+    """Runs `save_weights`' walk over `model`, recording `take(path, key, value)`."""
     sync_state(model)
     saving_lib = _stores()
-    store = _snapshot_store_class()(buffers, on_device)
+    store = _snapshot_store_class()(take)
     skip = set()
     stock = _stock_optimizer_path(model)
     if stock is not None:
@@ -417,16 +512,46 @@ def snapshot_weights(model, buffers: dict | None = None, on_device: bool = False
     return store.entries
 
 
-def write_weights(entries: list[tuple], filepath) -> None:
-    """Writes a `snapshot_weights` result as the `.weights.h5` file `save_weights` makes."""
+def weight_targets(model) -> dict:
+    """`{(path, key): variable}`: what each entry of the `.weights.h5` file is loaded into.
+
+    A layer that saves a computed array instead of a variable gives that array.
+    """
+    entries = _walk_weights(model, lambda path, key, value: value)
+    return {(path, key): value for path, _, values in entries for key, value in values.items()}
+
+
+def write_weights(entries: list[tuple], filepath) -> list[tuple]:
+    """Writes a `snapshot_weights` result as the `.weights.h5` file `save_weights` makes.
+
+    Variables sharded across processes are left out of the file: returns them
+    as `[(path, key, Shards)]`, for `state.shards` to write.
+    """
+    sharded = []
     store = _stores().H5IOStore(str(filepath), mode="w")
     try:
         for path, metadata, values in entries:
             store.make(path, metadata=metadata)
             for key, value in values.items():
-                store[key] = to_host(value)
+                value = to_host(value)
+                if isinstance(value, Shards):
+                    sharded.append((path, key, value))
+                else:
+                    store[key] = value
     finally:
         store.close()
+    return sharded
+
+
+def sharded_entries(entries: list[tuple]) -> list[tuple]:
+    """The `[(path, key, Shards)]` of a `snapshot_weights` result (moved to the host)."""
+    out = []
+    for path, _, values in entries:
+        for key, value in values.items():
+            value = to_host(value)
+            if isinstance(value, Shards):
+                out.append((path, key, value))
+    return out
 
 
 def read_weights(filepath) -> dict[str, dict]:

@@ -393,7 +393,7 @@ class CheckpointDirectory:
         fp = pending.fingerprint
         fp_id = model_state.fingerprint_id(fp)
         with storage.StagedDirectory(self.path, name) as staged:
-            files = [model_state.write_weights(pending.weights, staged.path)]
+            files = model_state.write_weights(pending.weights, staged.path)
             if pending.parts_key is not None:
                 files += self._take_parts(staged.path, pending.parts_key)
             if pending.model_config is not None:

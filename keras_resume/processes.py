@@ -28,7 +28,8 @@ from pathlib import Path
 
 from keras_resume import backend, storage
 from keras_resume.errors import CheckpointCorruptError, NoCheckpointError, SaveError
-from keras_resume.state.bundle import StateBundle
+from keras_resume.state import model_state
+from keras_resume.state.bundle import STATE_FILE, StateBundle
 
 PARTS_PREFIX = ".parts-"
 # How long the writer waits for the other processes' parts of one save.
@@ -71,8 +72,15 @@ def parts_dir(root: Path, key: str) -> Path:
     return root / f"{PARTS_PREFIX}{key}"
 
 
-def write_part(root: Path, key: str, index: int, bundle: StateBundle) -> None:
-    """Writes this process's state for the save `key`, appearing whole."""
+def write_part(
+    root: Path, key: str, index: int, bundle: StateBundle | None, weights: list | None = None
+) -> None:
+    """Writes this process's part of the save `key`, appearing whole.
+
+    `bundle`: its own state (None for a best checkpoint). `weights`: a
+    `sharded_only` snapshot, whose shards it writes (a `ModelParallel` job).
+    A part may hold no file: its appearance says this process is done.
+    """
     parts = parts_dir(root, key)
     parts.mkdir(parents=True, exist_ok=True)
     final = parts / part_name(index)
@@ -80,7 +88,10 @@ def write_part(root: Path, key: str, index: int, bundle: StateBundle) -> None:
     storage.remove(tmp)
     storage.remove(final)  # a leftover of a killed attempt at the same step
     tmp.mkdir()
-    for name in bundle.write(tmp):
+    names = bundle.write(tmp) if bundle is not None else []
+    if weights is not None:
+        names += model_state.write_own_shards(weights, tmp)
+    for name in names:
         storage.fsync_path(tmp / name)
     storage.fsync_path(tmp)
     tmp.rename(final)
@@ -154,7 +165,7 @@ def read_agreed(ckpt, job: Job, verify: bool):
 
 def _own_state(ckpt, entry: dict, job: Job) -> StateBundle | None:
     where = ckpt.checkpoint_path(entry) / part_name(job.index)
-    if not where.is_dir():
+    if not (where / STATE_FILE).is_file():
         warnings.warn(
             f"Checkpoint {ckpt.checkpoint_path(entry)} holds no state for process "
             f"{job.index} (it was written by a job of {_writers(entry)}): its weights are "

@@ -9,7 +9,16 @@ shared directory; optionally SIGKILLs the whole job at a global step (every
 process kills itself there), and writes each process's final state to
 --out-PROCESS_ID.npz.
 
-    python tests/mp_train_script.py --dir D --out O [--kill-at-step K]
+`--layout model` trains with `keras.distribution.ModelParallel` instead: the
+Dense and BatchNormalization variables are split across the processes (a
+mesh of 1 x N), and every process sees the whole batch. Final states are
+then gathered whole on every process for the comparison.
+
+`--restore-only --devices N` runs one process without a job: it restores
+--dir into the model laid out over N host devices (N > 1: ModelParallel
+over a 1 x N mesh) and writes that state to --out-0.npz.
+
+    python tests/mp_train_script.py --dir D --out O [--kill-at-step K] [--layout model]
 """
 
 import argparse
@@ -19,6 +28,10 @@ import sys
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+if "--devices" in sys.argv:  # host devices are made when JAX loads
+    _count = sys.argv[sys.argv.index("--devices") + 1]
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={_count}"
 
 import jax  # noqa: E402
 
@@ -33,7 +46,48 @@ from train_script import KillAtStep, build_model, final_state, make_data  # noqa
 import keras_resume as kr  # noqa: E402
 from keras_resume import backend  # noqa: E402
 
-BATCH = 8  # global batch: BATCH / num_processes rows from each process
+BATCH = 8  # global batch: BATCH / num_processes rows from each process (DataParallel)
+
+
+def model_parallel(devices):
+    """Dense and BatchNormalization variables split along the mesh's "model" axis."""
+    mesh = keras.distribution.DeviceMesh((1, len(devices)), ("batch", "model"), devices)
+    layout = keras.distribution.LayoutMap(mesh)
+    layout[".*/dense/kernel"] = (None, "model")
+    layout[".*/dense/bias"] = ("model",)
+    layout[".*/batch_normalization/.*"] = ("model",)
+    layout[".*/dense_1/kernel"] = ("model", None)
+    return keras.distribution.ModelParallel(layout_map=layout, batch_dim_name="batch")
+
+
+def gathered_state(model):
+    """`final_state`, with each variable sharded across processes gathered whole."""
+    from jax.experimental import multihost_utils
+
+    arrays = {}
+    for prefix, variables in (("model", model.weights), ("optimizer", model.optimizer.variables)):
+        for i, v in enumerate(variables):
+            value = v.value
+            if backend.sharded_across_processes(value):
+                value = multihost_utils.process_allgather(value, tiled=True)
+            arrays[f"{prefix}/{i}/{v.path}"] = np.array(value)
+    for i, (name, gen) in enumerate(backend.seed_generators(model)):
+        arrays[f"seed/{i}/{name}"] = backend.to_numpy(gen.state)
+    return arrays
+
+
+def restore_only(args):
+    """Restores --dir into a model over --devices host devices of this one process."""
+    devices = jax.devices()
+    if len(devices) > 1:
+        keras.distribution.set_distribution(model_parallel(devices))
+    model = build_model("plateau")
+    kr.restore(model, args.dir)
+    arrays = gathered_state(model)
+    arrays["devices"] = np.array(len(model.weights[0].value.sharding.device_set))
+    arrays["history"] = np.array(json.dumps({}))
+    np.savez(f"{args.out}-0.npz", **arrays)
+    return 0
 
 
 class KillAfterSaves(KillAtStep):
@@ -66,7 +120,12 @@ def main(argv=None):
     parser.add_argument(
         "--kill-once", default=None, help="a marker file: kill only if it does not exist yet"
     )
+    parser.add_argument("--layout", default="data", choices=["data", "model"])
+    parser.add_argument("--restore-only", action="store_true")
+    parser.add_argument("--devices", type=int, default=1, help="with --restore-only")
     args = parser.parse_args(argv)
+    if args.restore_only:
+        return restore_only(args)
 
     num_processes = int(os.environ["KERAS_RESUME_NUM_PROCESSES"])
     process_id = int(os.environ["KERAS_RESUME_PROCESS_ID"])
@@ -75,20 +134,25 @@ def main(argv=None):
         num_processes=num_processes,
         process_id=process_id,
     )
-    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+    if args.layout == "model":
+        distribution = model_parallel(jax.devices())
+        shards, local = 1, BATCH  # one model replica: every process feeds the whole batch
+    else:
+        distribution = keras.distribution.DataParallel(devices=jax.devices())
+        shards, local = num_processes, BATCH // num_processes
+    keras.distribution.set_distribution(distribution)
     keras.utils.set_random_seed(42)
 
     import tensorflow as tf
 
     (x, y), (xv, yv) = make_data()
-    local = BATCH // num_processes
     ds = (
         tf.data.Dataset.from_tensor_slices((x, y))
-        .shard(num_processes, process_id)
+        .shard(shards, process_id % shards)
         .shuffle(len(x), seed=7)
         .batch(local, drop_remainder=True)
     )
-    val = tf.data.Dataset.from_tensor_slices((xv, yv)).shard(num_processes, process_id)
+    val = tf.data.Dataset.from_tensor_slices((xv, yv)).shard(shards, process_id % shards)
     val = val.batch(local, drop_remainder=True)
 
     model = build_model("plateau")
@@ -104,7 +168,7 @@ def main(argv=None):
         callbacks.append(KillAfterSaves(args.kill_at_step, ckpt))
     callbacks += ckpt.callbacks(every_n_steps=args.every, monitor="val_loss")
     history = model.fit(ds, validation_data=val, epochs=args.epochs, callbacks=callbacks, verbose=0)
-    arrays = final_state(model)
+    arrays = gathered_state(model) if args.layout == "model" else final_state(model)
     arrays["history"] = np.array(json.dumps({"epoch": history.epoch, **history.history}))
     # What this process reads in the directory as soon as fit returns (process 0 commits).
     arrays["seen_after_fit/newest_backup_step"] = np.array(

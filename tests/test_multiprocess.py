@@ -221,3 +221,83 @@ def test_launcher_restarts_the_whole_job_when_one_process_dies(tmp_path, referen
     assert [r["global_step"] for r in manifest["resumes"]] == [15]
     for i in range(NPROCS):
         assert_identical(reference[i], load_result(tmp_path / f"out-{i}.npz"))
+
+
+# --- ModelParallel: variables sharded across the two processes --------------------
+
+SHARDED = ["--layout", "model"]
+
+
+@pytest.fixture(scope="module")
+def sharded_reference(tmp_path_factory):
+    """Each process's final state (gathered whole) after a ModelParallel job never
+    interrupted, and its directory."""
+    tmp_path = tmp_path_factory.mktemp("mp-sharded-reference")
+    args = ["--dir", tmp_path / "ref", "--out", tmp_path / "ref", *SHARDED]
+    codes = run_job(tmp_path, "ref", *args)
+    assert codes == [0] * NPROCS, [_log(tmp_path, "ref", i) for i in range(NPROCS)]
+    results = [load_result(tmp_path / f"ref-{i}.npz") for i in range(NPROCS)]
+    assert_identical(results[0], results[1])  # gathered: both see the same model
+    return results, tmp_path / "ref"
+
+
+def _shards_in(path) -> dict:
+    """`{(weights-file path, key): (shape, bounds)}` of each shard saved in a shards file."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {
+            (str(d.attrs["path"]), str(d.attrs["key"])): (d.shape, d.attrs["bounds"].tolist())
+            for d in f.values()
+        }
+
+
+def test_model_parallel_job_sigkilled_mid_epoch_resumes_bit_identical(
+    tmp_path, sharded_reference
+):
+    import h5py
+
+    reference, _ = sharded_reference
+    args = ["--dir", tmp_path / "run", "--out", tmp_path / "out", *SHARDED]
+    assert run_job(tmp_path, "killed", *args, kill_at=18) == [-signal.SIGKILL] * NPROCS
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    newest = [c for c in manifest["checkpoints"] if c["kind"] == "backup"][-1]
+    assert (newest["global_step"], newest["step_in_epoch"]) == (15, 3)
+    root = tmp_path / "run" / newest["dir"]
+    # Each process wrote its own half of every sharded variable; nobody gathered them.
+    mine, theirs = _shards_in(root / "shards.h5"), _shards_in(root / "process-1/shards.h5")
+    # 7 model variables (2 Dense kernels, a bias, 4 BatchNormalization) + 10 Adam slots
+    assert mine.keys() == theirs.keys() and len(mine) == 17
+    assert mine["layers/dense", "0"] == ((64, 8), [[0, 64], [0, 8]])
+    assert theirs["layers/dense", "0"] == ((64, 8), [[0, 64], [8, 16]])
+    assert theirs["layers/dense_1", "0"] == ((8, 3), [[8, 16], [0, 3]])
+    with h5py.File(root / "model.weights.h5", "r") as f:
+        assert list(f["layers/dense/vars"]) == [] and list(f["layers/dense_1/vars"]) == ["1"]
+
+    assert run_job(tmp_path, "resumed", *args) == [0] * NPROCS
+    for i in range(NPROCS):
+        assert_identical(reference[i], load_result(tmp_path / f"out-{i}.npz"))
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["resumes"][-1]["checkpoint_id"] == newest["id"]
+
+
+@pytest.mark.parametrize("devices", [1, 4])
+def test_sharded_checkpoint_restores_onto_another_device_count(
+    tmp_path, sharded_reference, devices
+):
+    """Saved by 2 processes (one device each); restored in one process onto 1 device
+    (no distribution) or 4 (each new shard cut from the two saved halves)."""
+    reference, directory = sharded_reference
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--restore-only", "--devices", str(devices),
+         "--dir", str(directory), "--out", str(tmp_path / "restored")],
+        env=script_env("jax"), capture_output=True, text=True, timeout=JOB_TIMEOUT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    arrays, _ = load_result(tmp_path / "restored-0.npz")
+    assert int(arrays.pop("devices")) == devices
+    expected = dict(reference[0][0])  # the last backup is the end of training
+    del expected["seen_after_fit/newest_backup_step"]
+    assert sorted(arrays) == sorted(expected)
+    differ = [k for k in expected if not np.array_equal(expected[k], arrays[k])]
+    assert differ == []

@@ -40,6 +40,7 @@ class TrainingSession:
         # In a multi-process job process 0 writes the directory; see processes.py.
         self.job = processes.current()
         self.saves_with_parts = 0  # numbers the saves, the same on every process
+        self._sharded: bool | None = None
         if self.job.is_writer:
             ckpt.acquire_writer()
             ckpt.clean_leftovers()
@@ -52,6 +53,16 @@ class TrainingSession:
         # (epoch, process RNG state as that epoch began): see RngCapture.
         self.epoch_start_rng: tuple[int, dict] | None = None
         self.closed = False
+
+    @property
+    def sharded(self) -> bool:
+        """Whether variables are sharded across processes: every process then saves its shards.
+
+        Asked at the first save (the layout is fixed by then), the same on every process.
+        """
+        if self._sharded is None:
+            self._sharded = self.job.multi and backend.has_process_shards(self.model)
+        return self._sharded
 
     def skipping(self, epoch: int, batch: int) -> bool:
         return epoch == self.skip_epoch and batch < self.skip_steps
@@ -275,7 +286,10 @@ class SessionCallback(keras.callbacks.Callback):
 
         def take():
             return model_state.snapshot_weights(
-                model, session.snapshot_buffers, on_device=session.on_device
+                model,
+                session.snapshot_buffers,
+                on_device=session.on_device,
+                sharded_only=not session.job.is_writer,  # process 0 saves the rest
             )
 
         return self.ckpt.writer.shared(("weights", id(model)), take)
@@ -289,14 +303,15 @@ class SessionCallback(keras.callbacks.Callback):
         """
         session, job = self.session, self.session.job
         key = None
-        if job.multi and bundle is not None:
+        if job.multi and (bundle is not None or session.sharded):
             session.saves_with_parts += 1
             key = processes.save_key(position["global_step"], session.saves_with_parts)
         if not job.is_writer:
             if key is None:
                 return lambda: None
             root = self.ckpt.path
-            return lambda: processes.write_part(root, key, job.index, bundle)
+            own = self.snapshot_weights() if session.sharded else None
+            return lambda: processes.write_part(root, key, job.index, bundle, own)
         pending = self.ckpt.snapshot(
             self.model, kind, bundle, position, logs, update, keep, self.snapshot_weights()
         )

@@ -14,6 +14,7 @@ import numpy as np
 
 from keras_resume import backend
 from keras_resume.errors import CheckpointMismatchError
+from keras_resume.state import shards
 from keras_resume.state.bundle import StateBundle
 
 WEIGHTS_FILE = "model.weights.h5"
@@ -105,28 +106,65 @@ def check_compatible(saved: dict, model, where: str, with_optimizer: bool = True
         )
 
 
-def snapshot_weights(model, buffers: dict | None = None, on_device: bool = False) -> list:
+def snapshot_weights(
+    model, buffers: dict | None = None, on_device: bool = False, sharded_only: bool = False
+) -> list:
     """Copies of the model and optimizer variables, as `save_weights` lays them out.
 
     `buffers`: arrays of a previous snapshot, no longer in use, to copy into.
     `on_device`: copy in accelerator memory instead (`backend.device_snapshot`).
+    `sharded_only`: only this process's shards of variables sharded across
+    processes (see `state.shards`).
     """
-    return backend.snapshot_weights(model, buffers, on_device)
+    return backend.snapshot_weights(model, buffers, on_device, sharded_only)
 
 
-def write_weights(snapshot: list, directory: Path) -> str:
-    """Writes a snapshot as `model.weights.h5`, the file `model.save_weights` writes."""
-    backend.write_weights(snapshot, directory / WEIGHTS_FILE)
-    return WEIGHTS_FILE
+def write_weights(snapshot: list, directory: Path) -> list[str]:
+    """Writes a snapshot as `model.weights.h5`, the file `model.save_weights` writes.
+
+    Variables sharded across processes go to this process's `shards.h5`
+    instead. Returns the names of the files written.
+    """
+    sharded = backend.write_weights(snapshot, directory / WEIGHTS_FILE)
+    return [WEIGHTS_FILE] + shards.write_shards(sharded, directory)
+
+
+def write_own_shards(snapshot: list, directory: Path) -> list[str]:
+    """Writes only the shards of a `sharded_only` snapshot (another process's part)."""
+    return shards.write_shards(backend.sharded_entries(snapshot), directory)
 
 
 def read_weights(directory: Path) -> dict:
-    """Reads `model.weights.h5` into memory (nothing is assigned)."""
-    return backend.read_weights(directory / WEIGHTS_FILE)
+    """Reads `model.weights.h5` into memory (nothing is assigned).
+
+    A variable sharded across processes is not read yet: its entry is a
+    `shards.ShardedVariable`, read shard by shard when it is assigned.
+    """
+    groups = backend.read_weights(directory / WEIGHTS_FILE)
+    for (path, key), variable in shards.read_index(directory).items():
+        groups.setdefault(path, {})[key] = variable
+    return groups
 
 
 def assign_weights(model, weights: dict) -> None:
-    """Assigns weights read by `read_weights`, as `model.load_weights` would."""
+    """Assigns weights read by `read_weights`, as `model.load_weights` would.
+
+    Each sharded variable is read in the layout the model has now: each
+    process reads only the regions its own devices hold.
+    """
+    targets = None
+    for path, values in weights.items():
+        for key, value in values.items():
+            if isinstance(value, shards.ShardedVariable):
+                if targets is None:
+                    targets = backend.weight_targets(model)
+                target = targets.get((path, key))
+                if target is None:
+                    raise CheckpointMismatchError(
+                        f"The checkpoint holds the sharded variable {value.name!r}, which "
+                        f"model {model.name!r} does not have; nothing was loaded."
+                    )
+                values[key] = backend.array_from_regions(target, value.read)
     backend.assign_weights(model, weights)
 
 
