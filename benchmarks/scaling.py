@@ -13,7 +13,13 @@ background writer), and reports, per save:
 - throughput: bytes / commit time;
 - restore: `keras_resume.restore` of the newest backup, on every process.
 
+`--layout model` trains with `ModelParallel` instead: every Dense kernel and
+bias is split across the processes (a 1 x N mesh), so each process writes
+its own shards (process 0: its shards and the replicated variables) and a
+restore reads on each process only its own shards' regions.
+
     python benchmarks/scaling.py --params 25e6 --nprocs 1 2 4 --json benchmarks/scaling.json
+    python benchmarks/scaling.py --params 25e6 --nprocs 1 2 4 --layout model
 
 One process mode (`--worker`) is what the launcher starts; do not call it directly.
 """
@@ -51,16 +57,25 @@ def worker(args) -> None:
     keras.distribution.initialize(
         job_addresses=os.environ["KR_ADDR"], num_processes=n, process_id=i
     )
-    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+    if args.layout == "model":
+        mesh = keras.distribution.DeviceMesh((1, n), ("batch", "model"), jax.devices())
+        layout = keras.distribution.LayoutMap(mesh)
+        layout[".*/kernel"] = (None, "model")
+        layout[".*/bias"] = ("model",)
+        distribution = keras.distribution.ModelParallel(layout_map=layout, batch_dim_name="batch")
+        batch, seed = 8, 0  # one model replica: every process feeds the same whole batch
+    else:
+        distribution = keras.distribution.DataParallel(devices=jax.devices())
+        batch, seed = 8 * n, i  # 8 rows per process
+    keras.distribution.set_distribution(distribution)
     keras.utils.set_random_seed(0)
     width, depth = SHAPES[args.params]
     layers = [keras.Input((width,))] + [keras.layers.Dense(width) for _ in range(depth)]
     model = keras.Sequential(layers)
     model.compile(optimizer="adam", loss="mse")
-    batch = 8 * n  # 8 rows per process
     import tensorflow as tf
 
-    x = np.random.RandomState(i).normal(size=(8 * args.every * args.saves, width))
+    x = np.random.RandomState(seed).normal(size=(8 * args.every * args.saves, width))
     ds = tf.data.Dataset.from_tensor_slices((x.astype("float32"),) * 2).batch(8)
 
     from stall import timed  # benchmarks/stall.py, beside this script
@@ -99,12 +114,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(params: float, n: int, every: int, saves: int, tmp: Path) -> dict:
+def run(params: float, n: int, every: int, saves: int, layout: str, tmp: Path) -> dict:
     env = dict(os.environ, KERAS_BACKEND="jax", KR_N=str(n), KR_ADDR=f"127.0.0.1:{free_port()}")
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     run_dir, out = tmp / f"run-{n}", tmp / f"out-{n}"
     cmd = [sys.executable, __file__, "--worker", "--params", str(params), "--every", str(every)]
-    cmd += ["--saves", str(saves), "--dir", str(run_dir), "--out", str(out)]
+    cmd += ["--saves", str(saves), "--layout", layout, "--dir", str(run_dir), "--out", str(out)]
     procs = [
         subprocess.Popen(cmd, env=dict(env, KR_I=str(i)), stderr=subprocess.DEVNULL)
         for i in range(n)
@@ -118,6 +133,7 @@ def run(params: float, n: int, every: int, saves: int, tmp: Path) -> dict:
     worst_stall = [max(r["stalls"][k] for r in results) for k in range(len(first["stalls"]))]
     return {
         "params": params,
+        "layout": layout,
         "nprocs": n,
         "saves": len(first["commits"]),
         "stall_s": round(statistics.median(worst_stall), 4),
@@ -137,6 +153,7 @@ def main() -> None:
     parser.add_argument("--nprocs", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--saves", type=int, default=4)
+    parser.add_argument("--layout", default="data", choices=["data", "model"])
     parser.add_argument("--dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=None)
@@ -147,12 +164,12 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         for n in args.nprocs:
-            rows.append(run(args.params, n, args.every, args.saves, Path(tmp)))
+            rows.append(run(args.params, n, args.every, args.saves, args.layout, Path(tmp)))
             r = rows[-1]
             print(
                 f"{n} process(es): stall {r['stall_s']:.3f} s, commit {r['commit_s']:.3f} s, "
-                f"{r['bytes_per_save'] / 1e6:.1f} MB a save ({r['part_bytes_per_save'] / 1e3:.0f} "
-                f"kB of parts), {r['throughput_mb_s']} MB/s, restore {r['restore_s']:.3f} s",
+                f"{r['bytes_per_save'] / 1e6:.1f} MB a save ({r['part_bytes_per_save'] / 1e6:.1f} "
+                f"MB of parts), {r['throughput_mb_s']} MB/s, restore {r['restore_s']:.3f} s",
                 flush=True,
             )
     if args.json:

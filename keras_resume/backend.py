@@ -73,13 +73,25 @@ def broadcast_int(value: int) -> int:
     return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
 
 
-def barrier(name: str) -> None:
-    """Returns once every process of the job got here (a collective)."""
+def barrier(name: str, timeout_s: float | None = None) -> None:
+    """Returns once every process of the job got here (a collective).
+
+    With `timeout_s`, raises `TimeoutError` if some process has not got here
+    by then (the coordination service's barrier, not a device collective).
+    """
     if process_count() == 1:
         return
-    from jax.experimental import multihost_utils
+    if timeout_s is None:
+        from jax.experimental import multihost_utils
 
-    multihost_utils.sync_global_devices(name)
+        multihost_utils.sync_global_devices(name)
+        return
+    from jax._src import distributed
+
+    try:
+        distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))
+    except Exception as e:  # noqa: BLE001 - JAX's runtime error for DEADLINE_EXCEEDED
+        raise TimeoutError(str(e)) from e
 
 
 def any_process(flag: bool) -> bool:

@@ -21,6 +21,7 @@ broadcasts its id; every process loads that one, and its own part.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 import warnings
 from dataclasses import dataclass
@@ -95,7 +96,10 @@ def write_part(
         storage.fsync_path(tmp / name)
     storage.fsync_path(tmp)
     tmp.rename(final)
-    storage.fsync_path(parts)
+    try:
+        storage.fsync_path(parts)
+    except FileNotFoundError:
+        pass  # process 0 already moved the part into its checkpoint, which it fsyncs
 
 
 def collect_parts(root: Path, key: str, job: Job, timeout: float = PART_TIMEOUT_S) -> list[Path]:
@@ -127,6 +131,29 @@ def remove_parts(root: Path, key: str | None = None) -> None:
         for child in root.iterdir():
             if child.name.startswith(PARTS_PREFIX):
                 storage.remove(child)
+
+
+# How long `restore` waits for every process of a job to call it too.
+RESTORE_TIMEOUT_S = 300.0
+_restores = itertools.count()
+
+
+def all_restore(job: Job, location: str) -> None:
+    """Waits until every process of the job calls `restore`; a clear error if one does not.
+
+    Assigning into a variable replicated across processes is a collective: a
+    `restore` on one process alone would wait forever inside JAX.
+    """
+    try:
+        backend.barrier(f"keras_resume restore {next(_restores)}", RESTORE_TIMEOUT_S)
+    except TimeoutError as e:
+        raise TimeoutError(
+            f"keras_resume.restore({location!r}) was called on process {job.index} of "
+            f"{job.count}, but not every process of the job called it within "
+            f"{RESTORE_TIMEOUT_S:.0f} s; nothing was loaded. In a multi-process job call "
+            "restore on every process at the same point: loading variables that span "
+            f"the processes is collective. ({e})"
+        ) from None
 
 
 _NONE, _FAILED = -1, -2  # broadcast instead of a checkpoint id

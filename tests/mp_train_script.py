@@ -107,6 +107,24 @@ class KillAfterSaves(KillAtStep):
         super().on_train_batch_end(batch, logs)
 
 
+def restore_on_process_0_only(model, directory, process_id):
+    """Process 0 restores alone: it must fail within the (shortened) timeout, saying why."""
+    import time
+
+    from keras_resume import processes
+
+    processes.RESTORE_TIMEOUT_S = 3.0
+    if process_id != 0:
+        time.sleep(10)  # alive past the timeout, but never calling restore
+        return 0
+    try:
+        kr.restore(model, directory)
+    except TimeoutError as e:
+        print(f"restore refused: {e}", flush=True)
+        return 3
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", required=True)
@@ -119,6 +137,11 @@ def main(argv=None):
     )
     parser.add_argument(
         "--kill-once", default=None, help="a marker file: kill only if it does not exist yet"
+    )
+    parser.add_argument(
+        "--restore-on-process-0-only",
+        action="store_true",
+        help="process 0 calls keras_resume.restore, the others do not: expect a clear error",
     )
     parser.add_argument("--layout", default="data", choices=["data", "model"])
     parser.add_argument("--restore-only", action="store_true")
@@ -156,6 +179,8 @@ def main(argv=None):
     val = val.batch(local, drop_remainder=True)
 
     model = build_model("plateau")
+    if args.restore_on_process_0_only:
+        return restore_on_process_0_only(model, args.dir, process_id)
     ckpt = kr.CheckpointDirectory(args.dir)
     callbacks = []
     kill = args.kill_at_step is not None and args.kill_process in (None, process_id)

@@ -160,6 +160,27 @@ def test_a_part_that_never_comes_is_not_committed(tmp_path):
     assert not list(part.parent.glob(".tmp-*"))
 
 
+def test_a_part_taken_by_process_0_before_its_directory_fsync_is_not_a_failure(
+    tmp_path, monkeypatch
+):
+    """Process 0 may move the part in (and remove `.parts-*`) the moment it is renamed,
+    before process 1 fsyncs the parts directory: that save succeeded, it must not raise
+    (found by a loaded CI run: process 1 died of FileNotFoundError, process 0 hung)."""
+    root = tmp_path / "run"
+    root.mkdir()
+    key = processes.save_key(10, 2)
+    fsync = processes.storage.fsync_path
+
+    def fsync_after_process_0_took_it(path):
+        if path == processes.parts_dir(root, key):
+            processes.remove_parts(root, key)
+        fsync(path)
+
+    monkeypatch.setattr(processes.storage, "fsync_path", fsync_after_process_0_took_it)
+    processes.write_part(root, key, 1, StateBundle({"x": 1}, {"a/0": np.arange(3)}))
+    assert not processes.parts_dir(root, key).exists()
+
+
 def test_sigterm_to_the_launcher_saves_once_on_every_process_and_resumes_exactly(
     tmp_path, reference
 ):
@@ -301,3 +322,30 @@ def test_sharded_checkpoint_restores_onto_another_device_count(
     assert sorted(arrays) == sorted(expected)
     differ = [k for k in expected if not np.array_equal(expected[k], arrays[k])]
     assert differ == []
+
+
+def test_restore_called_on_one_process_only_fails_clearly_instead_of_hanging(tmp_path):
+    args = ["--dir", tmp_path / "run", "--out", tmp_path / "out", "--restore-on-process-0-only"]
+    started = time.monotonic()
+    codes = run_job(tmp_path, "lonely", *args)
+    log = _log(tmp_path, "lonely", 0)
+    assert codes[0] == 3, log
+    assert "restore refused: keras_resume.restore(" in log
+    assert "called on process 0 of 2, but not every process" in log
+    assert "call restore on every process" in log
+    assert time.monotonic() - started < JOB_TIMEOUT
+
+
+def test_sharded_checkpoint_exports_to_one_whole_keras_file(tmp_path, sharded_reference):
+    """`keras-resume export` (here on this process's backend, no job) reassembles the shards."""
+    import keras
+
+    from keras_resume import inspect
+
+    reference, directory = sharded_reference
+    inspect.export_model(directory, tmp_path / "model.keras")
+    model = keras.models.load_model(tmp_path / "model.keras")
+    by_position = {int(k.split("/")[1]): a for k, a in reference[0][0].items() if k[:6] == "model/"}
+    assert len(model.weights) == len(by_position) == 8
+    for i, v in enumerate(model.weights):
+        assert np.array_equal(np.asarray(v.numpy()), by_position[i]), v.path
