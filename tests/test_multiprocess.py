@@ -273,9 +273,7 @@ def _shards_in(path) -> dict:
         }
 
 
-def test_model_parallel_job_sigkilled_mid_epoch_resumes_bit_identical(
-    tmp_path, sharded_reference
-):
+def test_model_parallel_job_sigkilled_mid_epoch_resumes_bit_identical(tmp_path, sharded_reference):
     import h5py
 
     reference, _ = sharded_reference
