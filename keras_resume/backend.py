@@ -361,15 +361,21 @@ def _device_copy(value):
 
     if isinstance(value, keras.Variable):
         value = value.value
+    if not getattr(value, "is_fully_addressable", True):
+        # Spans the processes of a job: copy only what lives here, each shard on
+        # its own device (a copy of the global array would be a job-wide program).
+        if value.is_fully_replicated:
+            return jnp.array(value.addressable_data(0), copy=True)
+        return _shards(value, lambda _, data: jnp.array(data, copy=True))
     return jnp.array(value, copy=True)
 
 
 def to_host(value):
     """A snapshot value as a host array (a device copy is moved here), or its `Shards`."""
-    if isinstance(value, (np.ndarray, Shards)):
+    if isinstance(value, np.ndarray):
         return value
-    if sharded_across_processes(value):
-        return _shards(value, lambda _, data: np.asarray(data))
+    if isinstance(value, Shards):
+        return Shards(value.shape, value.dtype, [(b, np.asarray(a)) for b, a in value.pieces])
     return np.asarray(_local_value(value))
 
 
@@ -408,7 +414,7 @@ def _snapshot_store_class():
     saving_lib = _stores()
 
     class SnapshotStore(saving_lib.H5IOStore):
-        """Records `make(path, metadata)` and `store[key] = value` as host copies."""
+        """Records `make(path, metadata)` and `store[key] = value` through `take`."""
 
         def __init__(self, take):  # no file: nothing of H5IOStore's is used
             self.entries: list = []

@@ -6,13 +6,17 @@ writer: it alone holds the directory's lock, writes the weights (every process
 holds the same replicated values) and the manifest. Each other process keeps
 its own state (its RNG, its data pipeline's position) and writes it as a part:
 
-    .parts-000000018-00003/process-1/{state.json, arrays.npz}   (global step, save number)
+    .parts-000000018-00003/process-1/{state.json, arrays.npz[, shards.h5]}   (step, save number)
 
 The part appears at once (written in `.tmp-process-1`, fsynced, renamed). The
 writer's save waits until every part of its global step is there, moves them
 into the checkpoint as `process-I/`, and only then commits the manifest: a
 checkpoint is listed only when every process's part is complete. A job killed
 mid-save leaves an unlisted `.parts-*` directory, which the next run removes.
+
+With variables sharded across processes (`ModelParallel`) every process also
+writes the shards it owns into its part (`shards.h5`, see `state/shards.py`),
+for best checkpoints too: no process gathers the model.
 
 On resume, process 0 chooses the checkpoint (the newest that verifies) and
 broadcasts its id; every process loads that one, and its own part.

@@ -144,6 +144,7 @@ def main(argv=None):
         help="process 0 calls keras_resume.restore, the others do not: expect a clear error",
     )
     parser.add_argument("--layout", default="data", choices=["data", "model"])
+    parser.add_argument("--snapshot", default="auto", choices=["auto", "device", "host"])
     parser.add_argument("--restore-only", action="store_true")
     parser.add_argument("--devices", type=int, default=1, help="with --restore-only")
     args = parser.parse_args(argv)
@@ -191,7 +192,9 @@ def main(argv=None):
             open(args.kill_once, "w").close()
     if kill:
         callbacks.append(KillAfterSaves(args.kill_at_step, ckpt))
-    callbacks += ckpt.callbacks(every_n_steps=args.every, monitor="val_loss")
+    callbacks += ckpt.callbacks(
+        every_n_steps=args.every, monitor="val_loss", snapshot=args.snapshot
+    )
     history = model.fit(ds, validation_data=val, epochs=args.epochs, callbacks=callbacks, verbose=0)
     arrays = gathered_state(model) if args.layout == "model" else final_state(model)
     arrays["history"] = np.array(json.dumps({"epoch": history.epoch, **history.history}))

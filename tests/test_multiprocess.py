@@ -89,7 +89,7 @@ def _log(tmp_path, name, i):
     return (tmp_path / f"{name}-{i}.log").read_text()[-3000:]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not remade when xdist interleaves modules
 def reference(tmp_path_factory):
     """Each process's final state after a job never interrupted."""
     tmp_path = tmp_path_factory.mktemp("mp-reference")
@@ -249,7 +249,7 @@ def test_launcher_restarts_the_whole_job_when_one_process_dies(tmp_path, referen
 SHARDED = ["--layout", "model"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not remade when xdist interleaves modules
 def sharded_reference(tmp_path_factory):
     """Each process's final state (gathered whole) after a ModelParallel job never
     interrupted, and its directory."""
@@ -273,11 +273,15 @@ def _shards_in(path) -> dict:
         }
 
 
-def test_model_parallel_job_sigkilled_mid_epoch_resumes_bit_identical(tmp_path, sharded_reference):
+@pytest.mark.parametrize("snapshot", ["host", "device"])
+def test_model_parallel_job_sigkilled_mid_epoch_resumes_bit_identical(
+    tmp_path, sharded_reference, snapshot
+):
+    """`snapshot="device"`: each shard copied on its own device, as on accelerators."""
     import h5py
 
     reference, _ = sharded_reference
-    args = ["--dir", tmp_path / "run", "--out", tmp_path / "out", *SHARDED]
+    args = ["--dir", tmp_path / "run", "--out", tmp_path / "out", *SHARDED, "--snapshot", snapshot]
     assert run_job(tmp_path, "killed", *args, kill_at=18) == [-signal.SIGKILL] * NPROCS
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     newest = [c for c in manifest["checkpoints"] if c["kind"] == "backup"][-1]
@@ -292,6 +296,10 @@ def test_model_parallel_job_sigkilled_mid_epoch_resumes_bit_identical(tmp_path, 
     assert theirs["layers/dense_1", "0"] == ((8, 3), [[8, 16], [0, 3]])
     with h5py.File(root / "model.weights.h5", "r") as f:
         assert list(f["layers/dense/vars"]) == [] and list(f["layers/dense_1/vars"]) == ["1"]
+    # A best checkpoint has no per-process state, but it has process 1's shards.
+    best = [c for c in manifest["checkpoints"] if c["kind"] == "best"][-1]
+    assert {f["path"] for f in best["files"]} >= {"shards.h5", "process-1/shards.h5"}
+    assert "process-1/state.json" not in {f["path"] for f in best["files"]}
 
     assert run_job(tmp_path, "resumed", *args) == [0] * NPROCS
     for i in range(NPROCS):
