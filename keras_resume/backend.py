@@ -562,14 +562,8 @@ def write_weights(entries: list[tuple], filepath) -> list[tuple]:
 
 
 def sharded_entries(entries: list[tuple]) -> list[tuple]:
-    """The `[(path, key, Shards)]` of a `snapshot_weights` result (moved to the host)."""
-    out = []
-    for path, _, values in entries:
-        for key, value in values.items():
-            value = to_host(value)
-            if isinstance(value, Shards):
-                out.append((path, key, value))
-    return out
+    """A `sharded_only` snapshot (nothing but `Shards`) as `[(path, key, Shards)]` on the host."""
+    return [(path, key, to_host(v)) for path, _, values in entries for key, v in values.items()]
 
 
 def read_weights(filepath) -> dict[str, dict]:
