@@ -49,15 +49,27 @@ from keras_resume import backend  # noqa: E402
 BATCH = 8  # global batch: BATCH / num_processes rows from each process (DataParallel)
 
 
-def model_parallel(devices):
-    """Dense and BatchNormalization variables split along the mesh's "model" axis."""
-    mesh = keras.distribution.DeviceMesh((1, len(devices)), ("batch", "model"), devices)
+def model_parallel(devices, replicas=1):
+    """Dense and BatchNormalization variables split along the mesh's "model" axis.
+
+    With `replicas` > 1 the mesh is (model, batch) = (processes, devices per
+    process): each process holds one slice of the model on all its devices,
+    each device a different part of the batch, so every shard has a replica
+    on each of the process's devices. Every process then feeds the whole batch.
+    """
+    if replicas == 1:
+        mesh = keras.distribution.DeviceMesh((1, len(devices)), ("batch", "model"), devices)
+    else:
+        shape = (len(devices) // replicas, replicas)
+        mesh = keras.distribution.DeviceMesh(shape, ("model", "batch"), devices)
     layout = keras.distribution.LayoutMap(mesh)
     layout[".*/dense/kernel"] = (None, "model")
     layout[".*/dense/bias"] = ("model",)
     layout[".*/batch_normalization/.*"] = ("model",)
     layout[".*/dense_1/kernel"] = ("model", None)
-    return keras.distribution.ModelParallel(layout_map=layout, batch_dim_name="batch")
+    return keras.distribution.ModelParallel(
+        layout_map=layout, batch_dim_name="batch", auto_shard_dataset=replicas == 1
+    )
 
 
 def gathered_state(model):
@@ -146,7 +158,7 @@ def main(argv=None):
     parser.add_argument("--layout", default="data", choices=["data", "model"])
     parser.add_argument("--snapshot", default="auto", choices=["auto", "device", "host"])
     parser.add_argument("--restore-only", action="store_true")
-    parser.add_argument("--devices", type=int, default=1, help="with --restore-only")
+    parser.add_argument("--devices", type=int, default=1, help="host devices of each process")
     args = parser.parse_args(argv)
     if args.restore_only:
         return restore_only(args)
@@ -159,7 +171,7 @@ def main(argv=None):
         process_id=process_id,
     )
     if args.layout == "model":
-        distribution = model_parallel(jax.devices())
+        distribution = model_parallel(jax.devices(), replicas=jax.local_device_count())
         shards, local = 1, BATCH  # one model replica: every process feeds the whole batch
     else:
         distribution = keras.distribution.DataParallel(devices=jax.devices())

@@ -250,16 +250,28 @@ SHARDED = ["--layout", "model"]
 
 
 @pytest.fixture(scope="session")  # not remade when xdist interleaves modules
-def sharded_reference(tmp_path_factory):
-    """Each process's final state (gathered whole) after a ModelParallel job never
-    interrupted, and its directory."""
-    tmp_path = tmp_path_factory.mktemp("mp-sharded-reference")
-    args = ["--dir", tmp_path / "ref", "--out", tmp_path / "ref", *SHARDED]
-    codes = run_job(tmp_path, "ref", *args)
-    assert codes == [0] * NPROCS, [_log(tmp_path, "ref", i) for i in range(NPROCS)]
-    results = [load_result(tmp_path / f"ref-{i}.npz") for i in range(NPROCS)]
-    assert_identical(results[0], results[1])  # gathered: both see the same model
-    return results, tmp_path / "ref"
+def sharded_references(tmp_path_factory):
+    """`get(devices)`: each process's final state (gathered whole) after a ModelParallel
+    job of `devices` host devices per process never interrupted, and its directory."""
+    made = {}
+
+    def get(devices):
+        if devices not in made:
+            tmp_path = tmp_path_factory.mktemp(f"mp-sharded-reference-{devices}")
+            args = ["--dir", tmp_path / "ref", "--out", tmp_path / "ref", *SHARDED]
+            codes = run_job(tmp_path, "ref", *args, "--devices", devices)
+            assert codes == [0] * NPROCS, [_log(tmp_path, "ref", i) for i in range(NPROCS)]
+            results = [load_result(tmp_path / f"ref-{i}.npz") for i in range(NPROCS)]
+            assert_identical(results[0], results[1])  # gathered: both see the same model
+            made[devices] = results, tmp_path / "ref"
+        return made[devices]
+
+    return get
+
+
+@pytest.fixture
+def sharded_reference(sharded_references):
+    return sharded_references(1)
 
 
 def _shards_in(path) -> dict:
@@ -273,15 +285,18 @@ def _shards_in(path) -> dict:
         }
 
 
-@pytest.mark.parametrize("snapshot", ["host", "device"])
+@pytest.mark.parametrize("snapshot, devices", [("host", 1), ("device", 1), ("host", 2)])
 def test_model_parallel_job_sigkilled_mid_epoch_resumes_bit_identical(
-    tmp_path, sharded_reference, snapshot
+    tmp_path, sharded_references, snapshot, devices
 ):
-    """`snapshot="device"`: each shard copied on its own device, as on accelerators."""
+    """`snapshot="device"`: each shard copied on its own device, as on accelerators.
+    2 devices per process: a (model, batch) mesh of (2 processes, 2 devices), so each
+    shard has a replica on both devices of its process, and is still saved once."""
     import h5py
 
-    reference, _ = sharded_reference
-    args = ["--dir", tmp_path / "run", "--out", tmp_path / "out", *SHARDED, "--snapshot", snapshot]
+    reference, _ = sharded_references(devices)
+    args = ["--dir", tmp_path / "run", "--out", tmp_path / "out", *SHARDED]
+    args += ["--snapshot", snapshot, "--devices", devices]
     assert run_job(tmp_path, "killed", *args, kill_at=18) == [-signal.SIGKILL] * NPROCS
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     newest = [c for c in manifest["checkpoints"] if c["kind"] == "backup"][-1]
