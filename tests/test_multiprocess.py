@@ -23,7 +23,10 @@ from keras_resume.errors import SaveError
 from keras_resume.state.bundle import StateBundle
 from tests.conftest import TESTS, assert_identical, load_result, script_env
 
-pytestmark = pytest.mark.xdist_group("multiprocess")  # one worker: one shared reference
+# The tests that share a reference job run on one xdist worker each (one group for
+# the DataParallel reference, one for the ModelParallel ones), so it is made once.
+REPLICATED = pytest.mark.xdist_group("multiprocess-replicated")
+SHARDED_GROUP = pytest.mark.xdist_group("multiprocess-sharded")
 
 SCRIPT = TESTS / "mp_train_script.py"
 NPROCS = 2
@@ -104,6 +107,7 @@ def reference(tmp_path_factory):
     return results
 
 
+@REPLICATED
 def test_two_process_job_sigkilled_mid_epoch_resumes_bit_identical(tmp_path, reference):
 
     args = ["--dir", tmp_path / "run", "--out", tmp_path / "out"]
@@ -181,6 +185,7 @@ def test_a_part_taken_by_process_0_before_its_directory_fsync_is_not_a_failure(
     assert not processes.parts_dir(root, key).exists()
 
 
+@REPLICATED
 def test_sigterm_to_the_launcher_saves_once_on_every_process_and_resumes_exactly(
     tmp_path, reference
 ):
@@ -223,6 +228,7 @@ def test_sigterm_to_the_launcher_saves_once_on_every_process_and_resumes_exactly
         assert_identical(reference[i], load_result(tmp_path / f"out-{i}.npz"))
 
 
+@REPLICATED
 def test_launcher_restarts_the_whole_job_when_one_process_dies(tmp_path, reference):
     """Process 1 is SIGKILLed; process 0 is left waiting in a collective. The launcher
     stops it (SIGTERM, then SIGKILL after the grace), restarts both, and the job
@@ -285,6 +291,7 @@ def _shards_in(path) -> dict:
         }
 
 
+@SHARDED_GROUP
 @pytest.mark.parametrize("snapshot, devices", [("host", 1), ("device", 1), ("host", 2)])
 def test_model_parallel_job_sigkilled_mid_epoch_resumes_bit_identical(
     tmp_path, sharded_references, snapshot, devices
@@ -323,6 +330,7 @@ def test_model_parallel_job_sigkilled_mid_epoch_resumes_bit_identical(
     assert manifest["resumes"][-1]["checkpoint_id"] == newest["id"]
 
 
+@SHARDED_GROUP
 @pytest.mark.parametrize("devices", [1, 4])
 def test_sharded_checkpoint_restores_onto_another_device_count(
     tmp_path, sharded_reference, devices
@@ -357,6 +365,7 @@ def test_restore_called_on_one_process_only_fails_clearly_instead_of_hanging(tmp
     assert time.monotonic() - started < JOB_TIMEOUT
 
 
+@SHARDED_GROUP
 def test_sharded_checkpoint_exports_to_one_whole_keras_file(tmp_path, sharded_reference):
     """`keras-resume export` (here on this process's backend, no job) reassembles the shards."""
     import keras
