@@ -11,7 +11,8 @@ process kills itself there), and writes each process's final state to
 
 `--layout model` trains with `keras.distribution.ModelParallel` instead: the
 Dense and BatchNormalization variables are split across the processes (a
-mesh of 1 x N), and every process sees the whole batch. Final states are
+mesh of 1 x N; with `--devices D` per process, (model, batch) = (N, D)), and
+every process sees the whole batch. Final states are
 then gathered whole on every process for the comparison.
 
 `--restore-only --devices N` runs one process without a job: it restores
@@ -76,16 +77,12 @@ def gathered_state(model):
     """`final_state`, with each variable sharded across processes gathered whole."""
     from jax.experimental import multihost_utils
 
-    arrays = {}
-    for prefix, variables in (("model", model.weights), ("optimizer", model.optimizer.variables)):
-        for i, v in enumerate(variables):
-            value = v.value
-            if backend.sharded_across_processes(value):
-                value = multihost_utils.process_allgather(value, tiled=True)
-            arrays[f"{prefix}/{i}/{v.path}"] = np.array(value)
-    for i, (name, gen) in enumerate(backend.seed_generators(model)):
-        arrays[f"seed/{i}/{name}"] = backend.to_numpy(gen.state)
-    return arrays
+    def read(variable):
+        if backend.sharded_across_processes(variable):
+            return np.array(multihost_utils.process_allgather(variable.value, tiled=True))
+        return backend.to_numpy(variable)
+
+    return final_state(model, read)
 
 
 def restore_only(args):

@@ -187,11 +187,12 @@ def kill_in_upload(n):
     remote.RemoteMirror._put_file = dying_put
 
 
-def final_state(model):
+def final_state(model, read=backend.to_numpy):
+    """Every variable, SeedGenerator state and replica copy; `read(variable)` reads a weight."""
     arrays = {}
     for prefix, variables in (("model", model.weights), ("optimizer", model.optimizer.variables)):
         for i, v in enumerate(variables):
-            arrays[f"{prefix}/{i}/{v.path}"] = backend.to_numpy(v)
+            arrays[f"{prefix}/{i}/{v.path}"] = read(v)
     for i, (name, gen) in enumerate(backend.seed_generators(model)):
         arrays[f"seed/{i}/{name}"] = backend.to_numpy(gen.state)
     # Under a tf.distribute strategy, every replica's copy: they can differ.
