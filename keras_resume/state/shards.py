@@ -29,17 +29,17 @@ def write_shards(sharded: list, directory: Path) -> list[str]:
         return []
     with h5py.File(directory / SHARDS_FILE, "w") as f:
         n = 0
-        for path, key, shards in sharded:
-            for bounds, array in shards.pieces:
+        for path, key, owned in sharded:
+            for bounds, array in owned.pieces:
                 data = np.asarray(array)
-                if shards.dtype == _BFLOAT16:
+                if owned.dtype == _BFLOAT16:
                     data = data.view(np.uint16)  # h5py has no bfloat16
                 dataset = f.create_dataset(str(n), data=data)
                 dataset.attrs.update(
                     path=path,
                     key=key,
-                    shape=np.asarray(shards.shape, dtype=np.int64),
-                    dtype=shards.dtype,
+                    shape=np.asarray(owned.shape, dtype=np.int64),
+                    dtype=owned.dtype,
                     bounds=np.asarray(bounds, dtype=np.int64).reshape(-1, 2),
                 )
                 n += 1
