@@ -80,6 +80,17 @@ def run_job(tmp_path, name, *args, kill_at=None):
     return [p.returncode for p, _ in procs]
 
 
+def assert_job_killed(codes) -> None:
+    """The job died at the kill: a process SIGKILLed itself, and every other died with it.
+
+    A survivor is SIGKILLed by `run_job`, unless JAX's coordination service noticed
+    the dead peer first and aborted it (SIGABRT, "detected fatal errors"): seen once
+    in CI with 2 devices per process. Either way no process finished or failed alone.
+    """
+    assert -signal.SIGKILL in codes, codes
+    assert set(codes) <= {-signal.SIGKILL, -signal.SIGABRT}, codes
+
+
 def launcher_command(options, script_args) -> list[str]:
     """`keras-resume run --nprocs NPROCS OPTIONS -- python mp_train_script.py SCRIPT_ARGS`."""
     return [
@@ -112,7 +123,7 @@ def test_two_process_job_sigkilled_mid_epoch_resumes_bit_identical(tmp_path, ref
 
     args = ["--dir", tmp_path / "run", "--out", tmp_path / "out"]
     codes = run_job(tmp_path, "killed", *args, kill_at=18)
-    assert codes == [-signal.SIGKILL] * NPROCS
+    assert_job_killed(codes)
     assert not list(tmp_path.glob("out-*.npz"))
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     backups = [c for c in manifest["checkpoints"] if c["kind"] == "backup"]
@@ -304,7 +315,7 @@ def test_model_parallel_job_sigkilled_mid_epoch_resumes_bit_identical(
     reference, _ = sharded_references(devices)
     args = ["--dir", tmp_path / "run", "--out", tmp_path / "out", *SHARDED]
     args += ["--snapshot", snapshot, "--devices", devices]
-    assert run_job(tmp_path, "killed", *args, kill_at=18) == [-signal.SIGKILL] * NPROCS
+    assert_job_killed(run_job(tmp_path, "killed", *args, kill_at=18))
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     newest = [c for c in manifest["checkpoints"] if c["kind"] == "backup"][-1]
     assert (newest["global_step"], newest["step_in_epoch"]) == (15, 3)
