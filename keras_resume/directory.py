@@ -20,6 +20,7 @@ from keras_resume import backend, processes, remote, storage
 from keras_resume import manifest as mf
 from keras_resume.errors import (
     CheckpointCorruptError,
+    CheckpointDirectoryError,
     ManifestError,
     ManifestVersionError,
     NoCheckpointError,
@@ -101,8 +102,9 @@ class CheckpointDirectory:
             # The writer's own copy is the newest; anyone else reads the remote one.
             self.remote.pull_manifest(mf.MANIFEST_NAME)
         if self.path.exists() and not self.path.is_dir():
-            raise NotADirectoryError(
-                f"Checkpoint directory {self.path} is a file. Pass a directory path."
+            raise CheckpointDirectoryError(
+                f"Checkpoint directory {self.path} is a file, not a directory. Give a "
+                "directory path (a new one is created), or move the file away."
             )
         try:
             manifest = mf.read_manifest(self.manifest_path)
@@ -397,8 +399,8 @@ class CheckpointDirectory:
             if pending.parts_key is not None:
                 files += self._take_parts(staged.path, pending.parts_key)
             if pending.model_config is not None:
-                (staged.path / model_state.CONFIG_FILE).write_text(
-                    pending.model_config, encoding="utf-8"
+                storage.write_new_file(
+                    staged.path / model_state.CONFIG_FILE, pending.model_config
                 )
                 files.append(model_state.CONFIG_FILE)
             if pending.bundle is not None:
@@ -421,8 +423,9 @@ class CheckpointDirectory:
                 pending.update(manifest, entry)
             doomed = _drop_old(manifest, kind, pending.keep)
             # Each checkpoint describes itself, so a lost manifest can be rebuilt.
-            (staged.path / mf.SELF_DESCRIPTION).write_text(
-                json.dumps(mf.self_description(manifest, entry), indent=1, sort_keys=True)
+            storage.write_new_file(
+                staged.path / mf.SELF_DESCRIPTION,
+                json.dumps(mf.self_description(manifest, entry), indent=1, sort_keys=True),
             )
             final = staged.commit()
         try:

@@ -86,7 +86,7 @@ class RemoteMirror:
             return
         except Exception as e:
             raise RemoteError(f"Cannot read {self.url}/{manifest_name}: {e}") from e
-        self.local.mkdir(parents=True, exist_ok=True)
+        storage.make_run_directory(self.local)
         storage.atomic_write_bytes(local, data)
 
     def push_manifest(self, manifest_name: str) -> None:
