@@ -532,7 +532,10 @@ def writing_error(path, error: OSError, root=None) -> CheckpointDirectoryError:
             "directory), or give a checkpoint directory you can write"
         )
     elif code == errno.EEXIST:
-        fix = "it exists and is not a directory. Give a directory path, or move the file away"
+        fix = (
+            "it is a file, not a directory. Give a directory path (a new one is created), "
+            "or move the file away"
+        )
     elif code == errno.ENOTDIR:
         fix = (
             "a part of the path is a file, not a directory. Give a directory path, or move "
@@ -543,5 +546,5 @@ def writing_error(path, error: OSError, root=None) -> CheckpointDirectoryError:
     else:
         fix = f"{error.strerror or error}. Check the path, or give another checkpoint directory"
     failure = CheckpointDirectoryError(f"Cannot write checkpoint directory {where}: {fix}.")
-    failure.errno, failure.filename = code, str(path)
+    failure.errno = code
     return failure

