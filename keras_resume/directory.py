@@ -168,9 +168,34 @@ class CheckpointDirectory:
 
     def verify(self, entry: dict) -> None:
         """Raises `CheckpointCorruptError` if any file of `entry` is damaged."""
+        self._from_copy(self._verify_copy, entry)
+
+    def _verify_copy(self, entry: dict) -> None:
         root = self._local_copy(entry)
         self._check_location(root)
         self._verify_files(root, entry)
+
+    def _from_copy(self, read, entry: dict):
+        """`read(entry)`; for a remote run, again from a new download if the mirror's
+        copy (kept from before) is damaged. Errors name the URL, not the mirror."""
+        if self.remote is None:
+            return read(entry)
+        try:
+            return read(entry)
+        except CheckpointCorruptError as e:
+            if self.remote.has_fresh_copy(entry["dir"]):
+                raise self.remote.named(e) from None
+            logger.warning(
+                "The local copy of %s/%s is damaged (%s); downloading it again",
+                self.location,
+                entry["dir"],
+                e,
+            )
+            self.remote.forget(entry["dir"])
+        try:
+            return read(entry)
+        except CheckpointCorruptError as e:
+            raise self.remote.named(e) from None
 
     @staticmethod
     def _verify_files(root: Path, entry: dict) -> None:
@@ -206,7 +231,7 @@ class CheckpointDirectory:
             )
         if not candidates:
             raise NoCheckpointError(
-                f"No {which!r} checkpoint in {self.path} (manifest "
+                f"No {which!r} checkpoint in {self.location} (manifest "
                 f"{'found' if self.manifest_path.exists() else 'missing'}). Train with "
                 "StepBackup/BestCheckpoint first, or check the path."
             )
@@ -218,12 +243,12 @@ class CheckpointDirectory:
         errors = []
         for entry in self._candidates(which):
             try:
-                return read(entry)
+                return self._from_copy(read, entry)
             except CheckpointCorruptError as e:
                 errors.append(str(e))
                 warnings.warn(f"Skipping damaged checkpoint {entry['dir']}: {e}", stacklevel=3)
         raise CheckpointCorruptError(
-            f"No {which!r} checkpoint in {self.path} verifies; nothing was deleted.\n  "
+            f"No {which!r} checkpoint in {self.location} verifies; nothing was deleted.\n  "
             + "\n  ".join(errors)
         )
 
@@ -236,7 +261,7 @@ class CheckpointDirectory:
 
         def check(entry):
             if verify:
-                self.verify(entry)
+                self._verify_copy(entry)  # _first_good downloads a damaged copy again
             return entry
 
         return self._first_good(which, check)

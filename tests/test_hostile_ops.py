@@ -220,3 +220,70 @@ def test_a_read_only_run_directory_raises_our_error(tmp_path):
     assert f" {expect[1].split()[1]} " in line
     assert str(run) in line and expect[0] in line
     assert "give a checkpoint directory" in line.lower()
+
+
+# --- B6: a remote run whose local mirror is damaged ----------------------------------
+
+_OPS_AWS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+
+
+@pytest.fixture
+def _ops_s3(tmp_path, monkeypatch):
+    """A real S3 API on loopback (moto's server) and a fresh mirror cache; yields s3fs."""
+    pytest.importorskip("moto")
+    from moto.server import ThreadedMotoServer
+
+    from keras_resume import remote
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in zip(_OPS_AWS, ("testing", "testing", "us-east-1", f"http://{host}:{port}")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache"))
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("hostile")
+    yield fs
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()
+
+
+def _ops_flip_byte(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+
+
+def test_a_damaged_mirror_copy_is_downloaded_again(_ops_s3, tmp_path, caplog):
+    url = "s3://hostile/mirror"
+    model = _ops_fit(url, epochs=2)
+    expected = all_variables(model)
+    ckpt = kr.CheckpointDirectory(url)
+    newest = ckpt.checkpoints("backup")[-1]
+    mirror = ckpt.path / newest["dir"] / "model.weights.h5"
+    mirror.write_bytes(_ops_flip_byte(mirror.read_bytes()))  # the bucket's copy is intact
+
+    fresh = tiny_model()
+    fresh.build((None, 3))
+    with caplog.at_level("WARNING", logger="keras_resume"):
+        info = kr.restore(fresh, url)
+    assert info.checkpoint_id == newest["id"]  # not skipped for an older one
+    differ = [i for i, (a, b) in enumerate(zip(expected, all_variables(fresh))) if not np.array_equal(a, b)]
+    assert differ == []
+    assert f"The local copy of {url}/{newest['dir']} is damaged" in caplog.text
+    assert kr.CheckpointDirectory(url).verify(newest) is None  # the mirror is whole again
+
+    # Now the bucket's copy is damaged too: the older one is used, and every
+    # message names the URL, never the mirror in the cache.
+    key = f"hostile/mirror/{newest['dir']}/model.weights.h5"
+    _ops_s3.pipe_file(key, _ops_flip_byte(_ops_s3.cat_file(key)))
+    mirror.write_bytes(_ops_flip_byte(mirror.read_bytes()))
+    caplog.clear()
+    with pytest.warns(UserWarning, match="Skipping damaged checkpoint") as warned:
+        info = kr.restore(fresh, url)
+    assert info.checkpoint_id == ckpt.checkpoints("backup")[-2]["id"]
+    said = " ".join(str(w.message) for w in warned) + caplog.text
+    assert f"{url}/{newest['dir']}/model.weights.h5 fails its checksum" in said
+    assert str(ckpt.path) not in said
