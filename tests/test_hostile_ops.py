@@ -287,3 +287,113 @@ def test_a_damaged_mirror_copy_is_downloaded_again(_ops_s3, tmp_path, caplog):
     said = " ".join(str(w.message) for w in warned) + caplog.text
     assert f"{url}/{newest['dir']}/model.weights.h5 fails its checksum" in said
     assert str(ckpt.path) not in said
+
+
+# --- B9: keras-resume run, SIGKILLed, and a command that ignores SIGTERM -------------
+
+# Runs supervisor.py from its file, as tests/test_supervisor.py does (standard library only).
+_OPS_SUPERVISOR = [
+    sys.executable,
+    "-c",
+    "import runpy, sys; runpy.run_path(sys.argv.pop(1), run_name='__main__')",
+    str(_OPS_REPO / "keras_resume" / "supervisor.py"),
+]
+
+# A command with a family: a child in its process group, and a grandchild that
+# left the session with setsid (as a daemonising data server would). Writes
+# their pids, then sleeps (ignoring SIGTERM if told).
+_OPS_FAMILY = """\
+import os, signal, subprocess, sys, time
+out, ignore = sys.argv[1], sys.argv[2] == "ignore-term"
+if ignore:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+sleeper = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"]
+child = subprocess.Popen(sleeper)
+escaper = subprocess.Popen([sys.executable, "-c", '''
+import os, subprocess, sys
+os.setsid()
+p = subprocess.Popen(sys.argv[1:])
+print(p.pid, flush=True)
+os._exit(0)  # the grandchild is orphaned: init would adopt it
+''', *sleeper], stdout=subprocess.PIPE, text=True)
+grandchild = int(escaper.stdout.readline())
+escaper.wait()
+with open(out + ".tmp", "w") as f:
+    f.write(f"{os.getpid()} {child.pid} {grandchild}")
+os.rename(out + ".tmp", out)
+time.sleep(300)
+"""
+
+
+def _ops_family(tmp_path, *options, how="plain"):
+    script, pids = tmp_path / "family.py", tmp_path / "family.pids"
+    script.write_text(_OPS_FAMILY)
+    command = [*_OPS_SUPERVISOR, *map(str, options), "--", sys.executable, str(script), str(pids), how]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=_ops_env())
+    _ops_wait_for(pids.exists, "the command's family to start", proc)
+    family = [int(p) for p in pids.read_text().split()]
+    assert all(_ops_alive(p) for p in family)
+    return proc, family
+
+
+def _ops_kill(pids):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _ops_session(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[3])
+
+
+def test_a_sigkilled_supervisor_takes_the_whole_tree_with_it(tmp_path):
+    proc, family = _ops_family(tmp_path, "--max-restarts", 0)
+    try:
+        sessions = [_ops_session(pid) for pid in family]
+        assert sessions[2] != sessions[0] == sessions[1]  # the grandchild really left
+        proc.kill()  # SIGKILL: the supervisor runs no cleanup of its own
+        proc.wait(timeout=_OPS_HANG_GUARD)
+        _ops_wait_for(lambda: not any(_ops_alive(p) for p in family), "the command's tree to die")
+    finally:
+        proc.kill()
+        _ops_kill(family)  # never leave a sleeper behind (it holds stderr), even on failure
+        proc.communicate(timeout=_OPS_HANG_GUARD)
+
+
+def test_a_command_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
+    proc, family = _ops_family(tmp_path, "--grace", 1, how="ignore-term")
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=_OPS_HANG_GUARD)
+        alive = [p for p in family if _ops_alive(p)]
+        _ops_kill(family)  # before reading stderr: a survivor would hold it open
+        stderr = proc.stderr.read()
+    finally:
+        proc.kill()
+        _ops_kill(family)
+    assert proc.returncode == 128 + signal.SIGKILL, stderr
+    assert alive == []
+    assert "got SIGTERM; passing it to the command" in stderr
+    assert (
+        f"the command (pid {family[0]}) still running 1 s after SIGTERM (--grace 1); "
+        "killing it and every process it started (SIGKILL)"
+    ) in stderr
+    assert "after SIGTERM; not restarting" in stderr
+
+
+def test_grace_is_documented_for_a_single_command():
+    from keras_resume import supervisor
+
+    helps = subprocess.run(
+        [*_OPS_SUPERVISOR, "--help"], capture_output=True, text=True, timeout=_OPS_HANG_GUARD
+    ).stdout
+    assert "--grace SECONDS" in helps and "every process it started get SIGKILL" in " ".join(
+        helps.split()
+    )
+    assert f"(default: {supervisor.DEFAULT_GRACE:g})" in " ".join(helps.split())
+    readme = (_OPS_REPO / "README.md").read_text()
+    cli_section = readme.split("### Rerun a crashed job: `keras-resume run`")[1].split("\n#### ")[0]
+    assert "--grace S" in cli_section
