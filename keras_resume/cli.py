@@ -690,7 +690,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ckpt, manifest = kri.open_run(args.run)
     except (
-        NoCheckpointError, ManifestError, CheckpointDirectoryError, NotADirectoryError, TypeError
+        NoCheckpointError,
+        ManifestError,
+        CheckpointDirectoryError,
+        NotADirectoryError,
+        TypeError,
     ) as e:
         _error(command, str(e))
         return EXIT_USAGE

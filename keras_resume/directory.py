@@ -424,9 +424,7 @@ class CheckpointDirectory:
             if pending.parts_key is not None:
                 files += self._take_parts(staged.path, pending.parts_key)
             if pending.model_config is not None:
-                storage.write_new_file(
-                    staged.path / model_state.CONFIG_FILE, pending.model_config
-                )
+                storage.write_new_file(staged.path / model_state.CONFIG_FILE, pending.model_config)
                 files.append(model_state.CONFIG_FILE)
             if pending.bundle is not None:
                 files += pending.bundle.write(staged.path)

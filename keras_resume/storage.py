@@ -291,8 +291,6 @@ class DirectoryLock:
         self._lock_file(key)
 
     def _lock_file(self, key: str) -> None:
-        import fcntl
-
         make_run_directory(self.root)
         fd = open_own_file(key)  # never a link: it is truncated and written
         try:

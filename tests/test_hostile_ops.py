@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -270,7 +269,11 @@ def test_a_damaged_mirror_copy_is_downloaded_again(_ops_s3, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="keras_resume"):
         info = kr.restore(fresh, url)
     assert info.checkpoint_id == newest["id"]  # not skipped for an older one
-    differ = [i for i, (a, b) in enumerate(zip(expected, all_variables(fresh))) if not np.array_equal(a, b)]
+    differ = [
+        i
+        for i, (a, b) in enumerate(zip(expected, all_variables(fresh)))
+        if not np.array_equal(a, b)
+    ]
     assert differ == []
     assert f"The local copy of {url}/{newest['dir']} is damaged" in caplog.text
     assert kr.CheckpointDirectory(url).verify(newest) is None  # the mirror is whole again
@@ -307,7 +310,8 @@ import os, signal, subprocess, sys, time
 out, ignore = sys.argv[1], sys.argv[2] == "ignore-term"
 if ignore:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-sleeper = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"]
+stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
+sleeper = [sys.executable, "-c", stubborn]
 child = subprocess.Popen(sleeper)
 escaper = subprocess.Popen([sys.executable, "-c", '''
 import os, subprocess, sys
@@ -328,7 +332,15 @@ time.sleep(300)
 def _ops_family(tmp_path, *options, how="plain"):
     script, pids = tmp_path / "family.py", tmp_path / "family.pids"
     script.write_text(_OPS_FAMILY)
-    command = [*_OPS_SUPERVISOR, *map(str, options), "--", sys.executable, str(script), str(pids), how]
+    command = [
+        *_OPS_SUPERVISOR,
+        *map(str, options),
+        "--",
+        sys.executable,
+        str(script),
+        str(pids),
+        how,
+    ]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=_ops_env())
     _ops_wait_for(pids.exists, "the command's family to start", proc)
     family = [int(p) for p in pids.read_text().split()]
