@@ -24,6 +24,8 @@ from tests.conftest import TESTS, all_variables, tiny_data, tiny_model
 _OPS_REPO = TESTS.parent
 _OPS_HANG_GUARD = 120  # seconds a wait may take before the test fails (not a timing check)
 _OPS_PRECIOUS = b"a file outside the run: keras_resume must not touch it\n"
+# The tests that start many or heavy processes share one xdist worker.
+_OPS_SUBPROCESSES = pytest.mark.xdist_group("hostile-ops-subprocesses")
 
 
 def _ops_fit(run, epochs=1):
@@ -130,6 +132,7 @@ else:
 """
 
 
+@_OPS_SUBPROCESSES
 def test_the_loser_of_a_lock_race_names_the_holder(tmp_path):
     host = socket.gethostname()
     for race in range(20):
@@ -193,6 +196,7 @@ def _ops_unshare_works():
         return False
 
 
+@_OPS_SUBPROCESSES
 def test_a_read_only_run_directory_raises_our_error(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -229,7 +233,6 @@ _OPS_AWS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", 
 @pytest.fixture
 def _ops_s3(tmp_path, monkeypatch):
     """A real S3 API on loopback (moto's server) and a fresh mirror cache; yields s3fs."""
-    pytest.importorskip("moto")
     from moto.server import ThreadedMotoServer
 
     from keras_resume import remote
