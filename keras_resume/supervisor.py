@@ -379,11 +379,12 @@ def _reap_orphans() -> None:
 def _child_setup(mask=None):
     """The function run in the child between fork and exec, or `None` off POSIX.
 
-    It puts the command in a process group of its own, so that a Ctrl-C in the
-    terminal reaches it once (through the supervisor) and what it leaves behind can
-    be found, and, on Linux, asks the kernel to SIGKILL it if the supervisor dies
-    (so even a SIGKILLed supervisor leaves no orphan). `mask`: the signal mask the
-    command gets, when the supervisor blocked signals while starting it.
+    It puts the child (the command's guard on Linux, else the command) in a process
+    group of its own, so that a Ctrl-C in the terminal reaches the command once
+    (through the supervisor) and what it leaves behind can be found, and, on Linux,
+    asks the kernel to SIGKILL the child if the supervisor dies before the guard
+    replaces that with its own cleanup (see guard.py). `mask`: the signal mask the
+    child gets, when the supervisor blocked signals while starting it.
     """
     if os.name != "posix":
         return None
