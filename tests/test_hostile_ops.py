@@ -171,6 +171,9 @@ def test_a_run_path_that_is_a_file_raises_our_error(tmp_path):
     with pytest.raises(kr.CheckpointDirectoryError, match="is a file, not a directory") as e:
         _ops_fit(below)
     assert str(below) in str(e.value)
+    from keras_resume import cli
+
+    assert cli.main(["prune", str(plain)]) == cli.EXIT_USAGE  # a usage error, no traceback
     assert plain.read_bytes() == _OPS_PRECIOUS
 
 
