@@ -74,10 +74,17 @@ def compare(expected, got) -> str:
     """EXACT, or what differs."""
     arrays_a, meta_a = expected
     arrays_b, meta_b = got
-    if sorted(arrays_a) != sorted(arrays_b) or meta_a["paths"] != meta_b["paths"]:
+    if sorted(arrays_a) != sorted(arrays_b):
         return f"different variables: {sorted(set(arrays_a) ^ set(arrays_b))[:4]}"
-    differ = [k for k in arrays_a if not np.array_equal(arrays_a[k], arrays_b[k])]
     problems = []
+    renamed = [k for k in arrays_a if meta_a["paths"][k] != meta_b["paths"][k]]
+    if renamed:
+        first = renamed[0]
+        problems.append(
+            f"{len(renamed)} variable paths differ ({meta_a['paths'][first]!r} uninterrupted, "
+            f"{meta_b['paths'][first]!r} resumed)"
+        )
+    differ = [k for k in arrays_a if not np.array_equal(arrays_a[k], arrays_b[k])]
     if differ:
         dw = max(
             float(np.max(np.abs(arrays_a[k].astype("float64") - arrays_b[k].astype("float64"))))
@@ -86,7 +93,9 @@ def compare(expected, got) -> str:
             for k in differ
         )
         names = [meta_a["paths"][k] for k in differ[:3]]
-        problems.append(f"differs: {len(differ)} of {len(arrays_a)} variables, max|dw| {dw:.3g} {names}")
+        problems.append(
+            f"differs: {len(differ)} of {len(arrays_a)} variables, max|dw| {dw:.3g} {names}"
+        )
     if meta_a["histories"] != meta_b["histories"]:
         problems.append("history differs")
     if meta_a["extras"] != meta_b["extras"]:
@@ -123,7 +132,9 @@ class Zoo:
 
     def _kill(self, job):
         """None if the process died by SIGKILL at the kill point, else what happened."""
-        rc, stderr = _finish(_script(self.backend, "kill", "--root", self.root, "--cases", job.case))
+        rc, stderr = _finish(
+            _script(self.backend, "kill", "--root", self.root, "--cases", job.case)
+        )
         if rc == -9:
             return None
         error = self.root / "kill" / f"{job.case}.error"
@@ -190,7 +201,9 @@ def zoo(backend, tmp_path_factory):
 
 
 CASES = [
-    pytest.param(job.backend, job.case, id=job.case, marks=pytest.mark.xdist_group(f"zoo-{job.backend}"))
+    pytest.param(
+        job.backend, job.case, id=job.case, marks=pytest.mark.xdist_group(f"zoo-{job.backend}")
+    )
     for backend in BACKENDS
     for job in zoo_jobs.jobs_for(backend)
 ]
@@ -209,6 +222,7 @@ def test_sigkilled_job_resumes_bit_identical(tmp_path_factory, backend, case):
     control = run.controls.get(case, "")
     item = zoo_jobs.find(case).item
     assert verdict == EXACT, (
-        f"{case}: {verdict}" + (f"\ndeterminism control: {control}" if control else "")
+        f"{case}: {verdict}"
+        + (f"\ndeterminism control: {control}" if control else "")
         + (f"\n(issue 14 item {item})" if item else "")
     )
