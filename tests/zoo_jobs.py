@@ -75,11 +75,18 @@ def find(case):
 
 
 class KillCallback(keras.callbacks.Callback):
-    """SIGKILLs this very process at the chosen batch (or in on_epoch_end)."""
+    """SIGKILLs this very process at the chosen batch (or in on_epoch_end).
 
-    def __init__(self, epoch, batch):
+    A mid-epoch kill first lets the backup write in flight (StepBackup writes in a
+    background thread) commit, so that the rerun resumes from the newest step
+    backup, mid-epoch, whatever the machine's load: the case tests a mid-epoch
+    resume every time. (Kills during a write are tests/test_torture.py's.)
+    """
+
+    def __init__(self, epoch, batch, ckpt):
         super().__init__()
         self.kill_epoch, self.kill_batch = epoch, batch
+        self.ckpt = ckpt
         self.epoch = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -89,6 +96,7 @@ class KillCallback(keras.callbacks.Callback):
         # With steps_per_execution, `batch` is the last batch of the execution.
         if self.epoch == self.kill_epoch and self.kill_batch != "end":
             if batch + 1 >= self.kill_batch:
+                self.ckpt.writer.join()
                 os.kill(os.getpid(), signal.SIGKILL)
 
     def on_epoch_end(self, epoch, logs=None):

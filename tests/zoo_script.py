@@ -19,8 +19,8 @@ next job runs. Before each job: `keras.backend.clear_session()` and
 
 The final state: every model weight, every variable of every optimizer the model
 holds (`model.optimizer` and optimizers kept as attributes, as a GAN does), every
-SeedGenerator's state; and, as JSON, the variable paths, each fit's history, the
-job's extra texts and the warnings it raised.
+SeedGenerator's state; and, as JSON, the variable paths, each fit's history and
+resume point, the job's extra texts and the warnings it raised.
 """
 
 import argparse
@@ -54,6 +54,7 @@ class Context:
         self.kill = kill
         self.ckpt = kr.CheckpointDirectory(workdir / "run")
         self.histories = []
+        self.resumed = []  # per fit: [epoch, step] FullStateResume continued from, or None
 
     def path(self, name):
         return str(self.workdir / name)
@@ -65,9 +66,11 @@ class Context:
         cbs += list(callbacks)
         kill = self.job.kill
         if self.kill and kill.fit == fit_index:
-            cbs.append(zoo_jobs.KillCallback(kill.epoch, kill.batch))
+            cbs.append(zoo_jobs.KillCallback(kill.epoch, kill.batch, self.ckpt))
         history = model.fit(callbacks=cbs, verbose=0, **kwargs)
         self.histories.append({"epoch": history.epoch, **_plain(history.history)})
+        resume = next(c for c in cbs if isinstance(c, kr.FullStateResume)).resumed_from
+        self.resumed.append(None if resume is None else [resume.initial_epoch, resume.initial_step])
         return history
 
 
@@ -120,7 +123,13 @@ def run_job(job, workdir: Path, out: Path, kill: bool):
     model, extras = result if isinstance(result, tuple) else (result, {})
     arrays, paths = final_state(model)
     said = sorted({f"{w.category.__name__}: {w.message}"[:400] for w in caught})
-    meta = {"paths": paths, "histories": ctx.histories, "extras": extras, "warnings": said}
+    meta = {
+        "paths": paths,
+        "histories": ctx.histories,
+        "extras": extras,
+        "warnings": said,
+        "resumed": ctx.resumed,
+    }
     np.savez(out, meta=np.array(json.dumps(meta)), **arrays)
 
 
