@@ -266,7 +266,7 @@ class CheckpointDirectory:
             checker = threading.Thread(target=check, name="keras_resume verify")
             checker.start()
         try:
-            weights = model_state.read_weights(root)
+            weights = model_state.read_weights(root, self.fingerprint_of(entry))
             has_bundle = any(f["path"] == STATE_FILE for f in entry["files"])
             bundle = StateBundle.read(root) if has_bundle else None
         except CheckpointCorruptError as e:
@@ -359,10 +359,12 @@ class CheckpointDirectory:
         newest `keep` checkpoints of `kind` stay listed. `weights` is a
         `model_state.snapshot_weights` result to reuse (taken at this instant).
         """
-        fp = model_state.fingerprint(model)
+        if weights is None:
+            weights = model_state.snapshot_weights(model)
+        fp = model_state.fingerprint(model, weights)
         return PendingCheckpoint(
             kind=kind,
-            weights=weights if weights is not None else model_state.snapshot_weights(model),
+            weights=weights,
             bundle=bundle,
             position=dict(position),
             logs=mf.json_safe_logs(logs),
