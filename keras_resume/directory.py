@@ -132,8 +132,10 @@ class CheckpointDirectory:
         if not descriptions:
             raise ManifestError(
                 f"{problem}\nNo checkpoint in {self.path} has a valid "
-                f"{mf.SELF_DESCRIPTION} to rebuild it from; nothing was deleted. "
-                "Restore the manifest from a copy, or start a new run in another directory."
+                f"{mf.SELF_DESCRIPTION} to rebuild it from"
+                + (f" ({'; '.join(skipped)})" if skipped else "")
+                + "; nothing was deleted. Restore the manifest from a copy, or start a new "
+                "run in another directory."
             )
         manifest = mf.from_self_descriptions(descriptions, self.manifest_path)
         warnings.warn(

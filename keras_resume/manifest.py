@@ -193,6 +193,40 @@ def _validate_fingerprint(path, where: str, fp) -> None:
                 _fail(path, f"{where}.{key}[{j}]={item!r}, expected [path, shape, dtype]")
     if fp.get("optimizer") is not None:
         _check_type(path, f"{where}.optimizer", fp["optimizer"], str)
+    if "weights_file" in fp:
+        _validate_layout(path, f"{where}.weights_file", fp["weights_file"])
+
+
+def _is_shape(value) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    )
+
+
+def _validate_layout(path, where: str, layout) -> None:
+    """The weights file's layout: `{"groups": [[path, class, [[key, shape, dtype]]]],
+    "optimizer": path or None}` (see `backend.weights_layout`)."""
+    _check_type(path, where, layout, dict)
+    _check_type(path, f"{where}.groups", layout.get("groups"), list)
+    _check_type(path, f"{where}.optimizer", layout.get("optimizer"), (str, type(None)))
+    for j, group in enumerate(layout["groups"]):
+        ok = (
+            isinstance(group, list)
+            and len(group) == 3
+            and isinstance(group[0], str)
+            and isinstance(group[1], (str, type(None)))
+            and isinstance(group[2], list)
+            and all(
+                isinstance(item, list)
+                and len(item) == 3
+                and isinstance(item[0], str)
+                and _is_shape(item[1])
+                and isinstance(item[2], str)
+                for item in group[2]
+            )
+        )
+        if not ok:
+            _fail(path, f"{where}.groups[{j}]={group!r:.200}, expected [path, class, [[key, shape, dtype]]]")
 
 
 def _validate_entry(path, i: int, entry, manifest: dict) -> None:

@@ -216,11 +216,11 @@ def read_weights(directory: Path, fp: dict | None = None) -> dict:
         groups = backend.read_weights(directory, WEIGHTS_FILE, layout["groups"], skip=set(sharded))
     else:
         budget = None
-        if fp is not None:
-            budget = sum(
+        if fp is not None:  # twice the listed bytes: a dtype that differs is reported by name
+            budget = 2 * sum(
                 hdf5.nbytes(shape, dtype)
                 for _, shape, dtype in fp["variables"] + fp["optimizer_variables"]
-            )
+            ) + 2**20
         groups = backend.read_weights(directory, WEIGHTS_FILE, budget=budget)
     for (path, key), variable in sharded.items():
         groups.setdefault(path, {})[key] = variable
