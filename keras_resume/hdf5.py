@@ -62,21 +62,35 @@ def check_file(f: h5py.File, where) -> None:
     """Raises `UnsafeFileError` if the file holds a soft, external or user-defined
     link, a dataset with external raw storage, or a virtual dataset."""
     problems: list[str] = []
-
-    def visit(name: str, link) -> None:
-        if not isinstance(link, h5py.HardLink):
-            target = getattr(link, "path", "")
-            if isinstance(link, h5py.ExternalLink):
-                target = f"{link.filename}:{link.path}"
-            problems.append(f"{type(link).__name__} {name!r} -> {target!r}")
-            return
-        obj = f.get(name)
-        if isinstance(obj, h5py.Dataset):
-            problem = _dataset_problem(obj)
-            if problem:
-                problems.append(f"dataset {name!r}: {problem}")
-
-    f.visititems_links(visit)
+    seen: set = set()
+    groups = [f["/"]]
+    # Every link of every group, descending through hard links only (each group
+    # once: hard links can make cycles). Nothing is resolved before it is checked.
+    while groups:
+        group = groups.pop()
+        if group.id in seen:
+            continue
+        seen.add(group.id)
+        for name in group:
+            full = f"{group.name.rstrip('/')}/{name}"
+            try:
+                link = group.get(name, getlink=True)
+            except Exception as e:  # noqa: BLE001 - a link class h5py does not know
+                problems.append(f"link {full!r} of an unknown kind ({e})")
+                continue
+            if not isinstance(link, h5py.HardLink):
+                target = getattr(link, "path", "")
+                if isinstance(link, h5py.ExternalLink):
+                    target = f"{link.filename}:{link.path}"
+                problems.append(f"{type(link).__name__} {full!r} -> {target!r}")
+                continue
+            obj = group[name]
+            if isinstance(obj, h5py.Group):
+                groups.append(obj)
+            elif isinstance(obj, h5py.Dataset):
+                problem = _dataset_problem(obj)
+                if problem:
+                    problems.append(f"dataset {full!r}: {problem}")
     if problems:
         shown = "; ".join(problems[:5]) + (f"; ... {len(problems) - 5} more" if len(problems) > 5 else "")
         raise UnsafeFileError(
