@@ -51,7 +51,8 @@ def load_into_model(
     entry, bundle = loaded.entry, loaded.bundle
     where = str(ckpt.checkpoint_path(entry))
     model_state.ensure_built(model, where)
-    model_state.check_compatible(ckpt.fingerprint_of(entry), model, where, with_optimizer)
+    fp = loaded.fingerprint if loaded.fingerprint is not None else ckpt.fingerprint_of(entry)
+    model_state.check_compatible(fp, model, where, with_optimizer)
     if bundle is not None:
         schema.check_bundle(bundle, ckpt.checkpoint_path(entry))
     model_state.assign_weights(model, loaded.weights, where, with_optimizer)
