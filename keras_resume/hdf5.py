@@ -92,7 +92,9 @@ def check_file(f: h5py.File, where) -> None:
                 if problem:
                     problems.append(f"dataset {full!r}: {problem}")
     if problems:
-        shown = "; ".join(problems[:5]) + (f"; ... {len(problems) - 5} more" if len(problems) > 5 else "")
+        shown = "; ".join(problems[:5]) + (
+            f"; ... {len(problems) - 5} more" if len(problems) > 5 else ""
+        )
         raise UnsafeFileError(
             f"Refusing to read {where}: it refers outside itself ({shown}). keras_resume "
             "writes none of these; the file was planted or altered. Resume from another "

@@ -226,7 +226,11 @@ def _validate_layout(path, where: str, layout) -> None:
             )
         )
         if not ok:
-            _fail(path, f"{where}.groups[{j}]={group!r:.200}, expected [path, class, [[key, shape, dtype]]]")
+            _fail(
+                path,
+                f"{where}.groups[{j}]={group!r:.200}, "
+                "expected [path, class, [[key, shape, dtype]]]",
+            )
 
 
 def _validate_entry(path, i: int, entry, manifest: dict) -> None:

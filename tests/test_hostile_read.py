@@ -144,7 +144,7 @@ def _read_outside_secret(tmp_path):
     return path, raw, secret
 
 
-def _plant(kind, vars_group, tmp_path):
+def _read_plant(kind, vars_group, tmp_path):
     """Replaces dataset "0" (the first Dense kernel, shape (3, 4)) with an attack."""
     outside_h5, outside_raw, secret = _read_outside_secret(tmp_path)
     del vars_group["0"]
@@ -167,7 +167,7 @@ def _plant(kind, vars_group, tmp_path):
 def test_hdf5_references_outside_the_file_are_refused_by_restore_and_export(tmp_path, kind):
     run, entry = _read_run(tmp_path)
     with h5py.File(_read_weights_path(run, entry), "r+") as f:
-        _plant(kind, f["layers/dense/vars"], tmp_path)
+        _read_plant(kind, f["layers/dense/vars"], tmp_path)
     _read_reseal(run)
     model = _read_model()
     before = _read_variables(model)

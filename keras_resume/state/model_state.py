@@ -144,7 +144,9 @@ def check_compatible(saved: dict, model, where: str, with_optimizer: bool = True
     problems = _differences("variable", saved["variables"], live["variables"])
     compare_optimizer = with_optimizer and saved["optimizer"] is not None
     if "weights_file" in saved:
-        problems += _layout_differences(saved["weights_file"], live["weights_file"], compare_optimizer)
+        problems += _layout_differences(
+            saved["weights_file"], live["weights_file"], compare_optimizer
+        )
     if compare_optimizer:
         if saved["optimizer"] != live["optimizer"]:
             problems.append(
@@ -203,7 +205,11 @@ def read_weights(directory: Path, fp: dict | None = None) -> dict:
     sharded = shards.read_index(directory)
     layout = (fp or {}).get("weights_file")
     if layout is not None:
-        listed = {(path, key): (shape, dtype) for path, _, data in layout["groups"] for key, shape, dtype in data}
+        listed = {
+            (path, key): (shape, dtype)
+            for path, _, data in layout["groups"]
+            for key, shape, dtype in data
+        }
         for where, variable in sharded.items():
             spec = listed.get(where)
             if spec is None or tuple(spec[0]) != tuple(variable.shape) or spec[1] != variable.dtype:
@@ -217,10 +223,14 @@ def read_weights(directory: Path, fp: dict | None = None) -> dict:
     else:
         budget = None
         if fp is not None:  # twice the listed bytes: a dtype that differs is reported by name
-            budget = 2 * sum(
-                hdf5.nbytes(shape, dtype)
-                for _, shape, dtype in fp["variables"] + fp["optimizer_variables"]
-            ) + 2**20
+            budget = (
+                2
+                * sum(
+                    hdf5.nbytes(shape, dtype)
+                    for _, shape, dtype in fp["variables"] + fp["optimizer_variables"]
+                )
+                + 2**20
+            )
         groups = backend.read_weights(directory, WEIGHTS_FILE, budget=budget)
     for (path, key), variable in sharded.items():
         groups.setdefault(path, {})[key] = variable
