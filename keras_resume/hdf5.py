@@ -35,11 +35,13 @@ class UnsafeFileError(CheckpointCorruptError):
 
 
 @contextlib.contextmanager
-def open_checked(root: str | os.PathLike, relpath: str):
+def open_checked(root: str | os.PathLike, relpath: str, scan: bool = True):
     """Opens `root/relpath` as an `h5py.File`, read-only, after `check_file`.
 
     HDF5 reads through the file descriptor `storage.open_regular` opened: the
     file checked is the file read, whatever the path points to afterwards.
+    `scan=False` skips `check_file`, for a file scanned before whose datasets
+    the caller checks one by one (`checked_dataset`).
     """
     where = Path(root, relpath)
     fileobj = storage.open_regular_file(root, relpath)
@@ -52,7 +54,8 @@ def open_checked(root: str | os.PathLike, relpath: str):
                 "damaged; resume from another one."
             ) from e
         with f:
-            check_file(f, where)
+            if scan:
+                check_file(f, where)
             yield f
     finally:
         fileobj.close()
@@ -100,6 +103,20 @@ def check_file(f: h5py.File, where) -> None:
             "writes none of these; the file was planted or altered. Resume from another "
             "checkpoint, or delete this one."
         )
+
+
+def checked_dataset(f: h5py.File, name: str, where) -> h5py.Dataset:
+    """The dataset `name` (a child of the root group), refused as `check_file` would."""
+    link = f.get(name.lstrip("/"), getlink=True)
+    dataset = f.get(name.lstrip("/")) if isinstance(link, h5py.HardLink) else None
+    problem = None if isinstance(dataset, h5py.Dataset) else "not a dataset reached by a hard link"
+    problem = problem or _dataset_problem(dataset)
+    if problem:
+        raise UnsafeFileError(
+            f"Refusing to read {where}: {name!r} is {problem}. The file was altered after it "
+            "was checked; resume from another checkpoint."
+        )
+    return dataset
 
 
 def _dataset_problem(dataset: h5py.Dataset) -> str | None:

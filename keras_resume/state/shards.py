@@ -91,8 +91,11 @@ class ShardedVariable:
                 continue
             source = tuple(slice(a, b) for a, b in zip(start - bounds[:, 0], stop - bounds[:, 0]))
             target = tuple(slice(a, b) for a, b in zip(start - lo, stop - lo))
-            with hdf5.open_checked(self.root, _relative(file, self.root)) as f:
-                out[target] = f[dataset][source]
+            # Checked whole by `read_index`; here only the dataset read, once per region.
+            with hdf5.open_checked(self.root, _relative(file, self.root), scan=False) as f:
+                data = hdf5.checked_dataset(f, dataset, file)
+                _check_piece(data, self, self.shape, self.dtype, bounds)
+                out[target] = data[source]
         if self.dtype == _BFLOAT16:
             import ml_dtypes
 
