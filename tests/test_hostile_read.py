@@ -333,3 +333,22 @@ def test_checkpoint_id_making_a_too_long_path_falls_back(tmp_path):
     with pytest.warns(UserWarning, match=r"(?s)300 digits.*Rebuilt it from 1"):
         info = restore(model, run)  # never a raw OSError (ENAMETOOLONG)
     assert info.checkpoint_id == entry["id"]
+
+
+def test_shards_file_referring_outside_is_refused(tmp_path):
+    from keras_resume.backend import Shards
+    from keras_resume.state import shards
+
+    full = np.arange(12, dtype="float32").reshape(3, 4)
+    entry = ("layers/dense", "0", Shards(full.shape, "float32", [([[0, 3], [0, 4]], full)]))
+    shards.write_shards([entry], tmp_path)
+    _, outside_raw, secret = _read_outside_secret(tmp_path)
+    with h5py.File(tmp_path / shards.SHARDS_FILE, "r+") as f:
+        attrs = dict(f["0"].attrs)
+        del f["0"]
+        planted = f.create_dataset(
+            "0", shape=(3, 4), dtype="float32", external=[(str(outside_raw), 0, secret.nbytes)]
+        )
+        planted.attrs.update(attrs)
+    with pytest.raises(CheckpointCorruptError, match="refers outside itself"):
+        shards.read_index(tmp_path)
