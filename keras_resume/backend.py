@@ -610,18 +610,24 @@ def write_weights(entries: list[tuple], filepath) -> list[tuple]:
     as `[(path, key, Shards)]`, for `state.shards` to write.
     """
     sharded = []
-    store = _stores().H5IOStore(str(filepath), mode="w")
     try:
-        for path, metadata, values in entries:
-            store.make(path, metadata=metadata)
-            for key, value in values.items():
-                value = to_host(value)
-                if isinstance(value, Shards):
-                    sharded.append((path, key, value))
-                else:
-                    store[key] = value
-    finally:
-        store.close()
+        store = _stores().H5IOStore(str(filepath), mode="w")
+        try:
+            for path, metadata, values in entries:
+                store.make(path, metadata=metadata)
+                for key, value in values.items():
+                    value = to_host(value)
+                    if isinstance(value, Shards):
+                        sharded.append((path, key, value))
+                    else:
+                        store[key] = value
+        finally:
+            store.close()
+    except RuntimeError as e:
+        # HDF5 reports a failed write or flush (ENOSPC, EIO) as a RuntimeError.
+        from keras_resume.errors import SaveError
+
+        raise SaveError(f"Cannot write {filepath}: {e}") from e
     return sharded
 
 
