@@ -12,6 +12,8 @@ import sys
 import keras
 import numpy as np
 
+from keras_resume.errors import CheckpointCorruptError
+
 
 def name() -> str:
     return keras.backend.backend()
@@ -417,7 +419,7 @@ def _snapshot_store_class():
         """Records `make(path, metadata)` and `store[key] = value` through `take`."""
 
         def __init__(self, take):  # no file: nothing of H5IOStore's is used
-            self.entries: list = []
+            self.entries = WeightEntries()
             self.mode = "w"
             self.take = take  # take(path, key, value): what to record, or _SKIP
 
@@ -427,6 +429,10 @@ def _snapshot_store_class():
         def make(self, path, metadata=None):
             self._current = (path, dict(metadata) if metadata else None, {})
             self.entries.append(self._current)
+            # `saving_lib._save_state(saveable, ...)` calls `make` for `saveable`:
+            # its class tells architectures with the same shapes apart.
+            saveable = sys._getframe(1).f_locals.get("saveable")
+            self.entries.classes[path] = type(saveable).__name__ if saveable is not None else None
             return self
 
         def __setitem__(self, key, value):
@@ -484,6 +490,15 @@ def sync_state(model) -> None:
 _SKIP = object()
 
 
+class WeightEntries(list):
+    """`[(path, metadata, {key: value})]` in `save_weights`' layout; `classes[path]` is
+    the class name of the layer, model or optimizer that saved `path`."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.classes: dict = {}
+
+
 def snapshot_weights(
     model, buffers: dict | None = None, on_device: bool = False, sharded_only: bool = False
 ) -> list[tuple]:
@@ -511,17 +526,21 @@ def snapshot_weights(
     return _walk_weights(model, take)
 
 
-def _walk_weights(model, take) -> list[tuple]:
+def _walk_weights(model, take, with_optimizer: bool = True) -> WeightEntries:
     """Runs `save_weights`' walk over `model`, recording `take(path, key, value)`."""
     sync_state(model)
     saving_lib = _stores()
     store = _snapshot_store_class()(take)
     skip = set()
     stock = _stock_optimizer_path(model)
+    if not with_optimizer and getattr(model, "optimizer", None) is not None:
+        skip.add(id(model.optimizer))
+        stock = None
     if stock is not None:
         path, optimizer = stock
         skip.add(id(optimizer))
         store.make(path, metadata={"name": optimizer.name})
+        store.entries.classes[path] = type(optimizer).__name__
         for i, variable in enumerate(optimizer.variables):
             store[str(i)] = variable
     saving_lib._save_state(
@@ -530,13 +549,58 @@ def _walk_weights(model, take) -> list[tuple]:
     return store.entries
 
 
-def weight_targets(model) -> dict:
+def optimizer_path(model) -> str | None:
+    """The group of `model.optimizer` in the `.weights.h5` layout, or None."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return None
+    for attr, child in _stores()._walk_saveable(model):
+        if child is optimizer:
+            return attr
+    return None
+
+
+def value_spec(value) -> tuple[list, str]:
+    """`(shape, dtype)` of a saved value: a variable, an array, `Shards` or any
+    object with `shape` and `dtype`, the dtype as Keras names it."""
+    return [int(n) for n in value.shape], str(keras.backend.standardize_dtype(value.dtype))
+
+
+def weights_layout(model, entries=None) -> dict:
+    """What the `.weights.h5` file of `model` holds: each group's path, the class
+    that saves it, and its datasets' keys, shapes and dtypes.
+
+    `entries`: a `snapshot_weights` result of `model` (else the model is walked).
+    `optimizer` names the optimizer's group, left out of a weights-only comparison.
+    """
+    if entries is None:
+        entries = _walk_weights(model, lambda path, key, value: value)
+    classes = getattr(entries, "classes", {})
+    groups = [
+        [path, classes.get(path), [[key, *value_spec(v)] for key, v in values.items()]]
+        for path, _, values in entries
+    ]
+    return {"groups": groups, "optimizer": optimizer_path(model)}
+
+
+class WeightTargets(dict):
+    """`{(path, key): variable}`; `classes[path]` as in `WeightEntries`."""
+
+    classes: dict
+
+
+def weight_targets(model, with_optimizer: bool = True) -> WeightTargets:
     """`{(path, key): variable}`: what each entry of the `.weights.h5` file is loaded into.
 
     A layer that saves a computed array instead of a variable gives that array.
+    `with_optimizer=False` leaves the optimizer out.
     """
-    entries = _walk_weights(model, lambda path, key, value: value)
-    return {(path, key): value for path, _, values in entries for key, value in values.items()}
+    entries = _walk_weights(model, lambda path, key, value: value, with_optimizer)
+    targets = WeightTargets(
+        ((path, key), value) for path, _, values in entries for key, value in values.items()
+    )
+    targets.classes = dict(entries.classes)
+    return targets
 
 
 def write_weights(entries: list[tuple], filepath) -> list[tuple]:
@@ -546,18 +610,24 @@ def write_weights(entries: list[tuple], filepath) -> list[tuple]:
     as `[(path, key, Shards)]`, for `state.shards` to write.
     """
     sharded = []
-    store = _stores().H5IOStore(str(filepath), mode="w")
     try:
-        for path, metadata, values in entries:
-            store.make(path, metadata=metadata)
-            for key, value in values.items():
-                value = to_host(value)
-                if isinstance(value, Shards):
-                    sharded.append((path, key, value))
-                else:
-                    store[key] = value
-    finally:
-        store.close()
+        store = _stores().H5IOStore(str(filepath), mode="w")
+        try:
+            for path, metadata, values in entries:
+                store.make(path, metadata=metadata)
+                for key, value in values.items():
+                    value = to_host(value)
+                    if isinstance(value, Shards):
+                        sharded.append((path, key, value))
+                    else:
+                        store[key] = value
+        finally:
+            store.close()
+    except RuntimeError as e:
+        # HDF5 reports a failed write or flush (ENOSPC, EIO) as a RuntimeError.
+        from keras_resume.errors import SaveError
+
+        raise SaveError(f"Cannot write {filepath}: {e}") from e
     return sharded
 
 
@@ -566,33 +636,67 @@ def sharded_entries(entries: list[tuple]) -> list[tuple]:
     return [(path, key, to_host(v)) for path, _, values in entries for key, v in values.items()]
 
 
-def read_weights(filepath) -> dict[str, dict]:
-    """Every `vars` group of a `.weights.h5` file, as `{path: {key: array}}` in memory."""
+def read_weights(root, relpath, groups=None, budget=None, skip=frozenset()) -> dict[str, dict]:
+    """The `vars` groups of a `.weights.h5` file of a run, as `{path: {key: array}}`.
+
+    Read through `hdf5.open_checked`: no link, external storage or virtual
+    dataset. With `groups` (a `weights_layout`'s `groups`), only the listed
+    datasets are read, each after its shape and dtype are checked, and a
+    listed one missing is an error; `skip` holds the `(path, key)` saved
+    elsewhere (`shards.h5`). Without (a checkpoint older than the layout),
+    every `vars` group is read, as Keras's `H5IOStore.get` would, each
+    dataset only if it fits in what is left of `budget` bytes.
+    """
     import h5py
 
+    from keras_resume import hdf5
+
+    where = f"{root}/{relpath}"
     out: dict[str, dict] = {}
+    with hdf5.open_checked(root, relpath) as f:
+        if groups is not None:
+            for path, _, datasets in groups:
+                inner = f.get(f"{path}/vars" if path else "vars")
+                values = {}
+                for key, shape, dtype in datasets:
+                    if (path, key) in skip:
+                        continue
+                    dataset = inner.get(key) if isinstance(inner, h5py.Group) else None
+                    if not isinstance(dataset, h5py.Dataset):
+                        raise CheckpointCorruptError(
+                            f"{where} lacks the dataset {path}/vars/{key} its fingerprint "
+                            "lists: the file was altered. Resume from another checkpoint."
+                        )
+                    values[key] = hdf5.read_dataset(dataset, where, shape, dtype)
+                out[path] = values
+            return out
+        left = [budget]
 
-    def read_vars(path: str, group) -> None:
-        # Keras's `H5IOStore.get(path)` reads the "vars" group under `path`.
-        inner = group.get("vars")
-        if not isinstance(inner, h5py.Group):
-            return
-        values = {}
-        for key, dataset in inner.items():
-            if isinstance(dataset, h5py.Dataset):
-                value = dataset[()]
-                if dataset.attrs.get("dtype") == "bfloat16":
-                    import ml_dtypes
+        def read_vars(path: str, group) -> None:
+            # Keras's `H5IOStore.get(path)` reads the "vars" group under `path`.
+            inner = group.get("vars")
+            if not isinstance(inner, h5py.Group):
+                return
+            values = {}
+            for key, dataset in inner.items():
+                if isinstance(dataset, h5py.Dataset):
+                    size = hdf5.nbytes(dataset.shape, str(dataset.dtype))
+                    if left[0] is not None:
+                        if size > left[0]:
+                            raise CheckpointCorruptError(
+                                f"Dataset {dataset.name!r} of {where} holds {size} bytes "
+                                f"(shape {dataset.shape}), more than the variables its "
+                                "fingerprint lists: the file was altered; nothing was "
+                                "read. Resume from another checkpoint."
+                            )
+                        left[0] -= size
+                    values[key] = hdf5.read_dataset(dataset, where)
+            out[path] = values
 
-                    value = np.array(value, dtype=ml_dtypes.bfloat16)
-                values[key] = np.asarray(value)
-        out[path] = values
+        def visit(name, obj) -> None:  # visititems stops at the first non-None return
+            if isinstance(obj, h5py.Group):
+                read_vars(name, obj)
 
-    def visit(name, obj) -> None:  # visititems stops at the first non-None return
-        if isinstance(obj, h5py.Group):
-            read_vars(name, obj)
-
-    with h5py.File(str(filepath), "r") as f:
         read_vars("", f)
         f.visititems(visit)
     return out
@@ -637,18 +741,24 @@ def _memory_store_class():
     return MemoryStore
 
 
-def assign_weights(model, groups: dict) -> None:
-    """Loads `read_weights`'s dict into `model` as `model.load_weights` would."""
+def assign_weights(model, groups: dict, with_optimizer: bool = True) -> None:
+    """Loads `read_weights`'s dict into `model` as `model.load_weights` would.
+
+    `with_optimizer=False` leaves the optimizer's variables alone.
+    """
     saving_lib = _stores()
     failed: set = set()
     errors: dict = {}
+    skip = set()
+    if not with_optimizer and getattr(model, "optimizer", None) is not None:
+        skip.add(id(model.optimizer))
     saving_lib._load_state(
         model,
         weights_store=_memory_store_class()(groups),
         assets_store=None,
         inner_path="",
         skip_mismatch=False,
-        visited_saveables=set(),
+        visited_saveables=skip,
         failed_saveables=failed,
         error_msgs=errors,
     )

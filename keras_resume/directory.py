@@ -134,8 +134,10 @@ class CheckpointDirectory:
         if not descriptions:
             raise ManifestError(
                 f"{problem}\nNo checkpoint in {self.path} has a valid "
-                f"{mf.SELF_DESCRIPTION} to rebuild it from; nothing was deleted. "
-                "Restore the manifest from a copy, or start a new run in another directory."
+                f"{mf.SELF_DESCRIPTION} to rebuild it from"
+                + (f" ({'; '.join(skipped)})" if skipped else "")
+                + "; nothing was deleted. Restore the manifest from a copy, or start a new "
+                "run in another directory."
             )
         manifest = mf.from_self_descriptions(descriptions, self.manifest_path)
         warnings.warn(
@@ -214,7 +216,7 @@ class CheckpointDirectory:
                 f"Checkpoint directory {root} points outside {self.path}; refusing to read it."
             )
 
-    def _candidates(self, which) -> list[dict]:
+    def _candidates(self, which) -> tuple[dict, list[dict]]:
         manifest = self.read_manifest()
         if isinstance(which, int) and not isinstance(which, bool):
             candidates = [c for c in manifest["checkpoints"] if c["id"] == which]
@@ -235,15 +237,18 @@ class CheckpointDirectory:
                 f"{'found' if self.manifest_path.exists() else 'missing'}). Train with "
                 "StepBackup/BestCheckpoint first, or check the path."
             )
-        return candidates
+        return manifest, candidates
 
     def _first_good(self, which, read):
-        """`read(entry)` for the newest candidate that does not raise CheckpointCorruptError."""
+        """`read(entry, fingerprint)` for the newest candidate that does not raise
+        CheckpointCorruptError."""
         self.wait()  # a save of this process still committing
         errors = []
-        for entry in self._candidates(which):
+        manifest, candidates = self._candidates(which)
+        for entry in candidates:
             try:
-                return self._from_copy(read, entry)
+                fp = manifest["fingerprints"][entry["fingerprint"]]
+                return self._from_copy(lambda e, fp=fp: read(e, fp), entry)
             except CheckpointCorruptError as e:
                 errors.append(str(e))
                 warnings.warn(f"Skipping damaged checkpoint {entry['dir']}: {e}", stacklevel=3)
@@ -259,7 +264,7 @@ class CheckpointDirectory:
         the file, falling back to the newest one that verifies.
         """
 
-        def check(entry):
+        def check(entry, fp):
             if verify:
                 self._verify_copy(entry)  # _first_good downloads a damaged copy again
             return entry
@@ -273,9 +278,9 @@ class CheckpointDirectory:
         (hashing releases the GIL), so verifying costs little on top of reading;
         nothing is returned, and so nothing loaded, unless they match.
         """
-        return self._first_good(which, lambda entry: self._read(entry, verify))
+        return self._first_good(which, lambda entry, fp: self._read(entry, fp, verify))
 
-    def _read(self, entry: dict, verify: bool) -> LoadedCheckpoint:
+    def _read(self, entry: dict, fp: dict, verify: bool) -> LoadedCheckpoint:
         root = self._local_copy(entry)
         problems: list[BaseException] = []
         checker = None
@@ -293,7 +298,7 @@ class CheckpointDirectory:
             checker = threading.Thread(target=check, name="keras_resume verify")
             checker.start()
         try:
-            weights = model_state.read_weights(root)
+            weights = model_state.read_weights(root, fp)
             has_bundle = any(f["path"] == STATE_FILE for f in entry["files"])
             bundle = StateBundle.read(root) if has_bundle else None
         except CheckpointCorruptError as e:
@@ -311,7 +316,7 @@ class CheckpointDirectory:
             raise problems[0]
         if read_error is not None:
             raise read_error
-        return LoadedCheckpoint(entry, weights, bundle)
+        return LoadedCheckpoint(entry, weights, bundle, fp)
 
     def fingerprint_of(self, entry: dict) -> dict:
         return self.read_manifest()["fingerprints"][entry["fingerprint"]]
@@ -386,10 +391,12 @@ class CheckpointDirectory:
         newest `keep` checkpoints of `kind` stay listed. `weights` is a
         `model_state.snapshot_weights` result to reuse (taken at this instant).
         """
-        fp = model_state.fingerprint(model)
+        if weights is None:
+            weights = model_state.snapshot_weights(model)
+        fp = model_state.fingerprint(model, weights)
         return PendingCheckpoint(
             kind=kind,
-            weights=weights if weights is not None else model_state.snapshot_weights(model),
+            weights=weights,
             bundle=bundle,
             position=dict(position),
             logs=mf.json_safe_logs(logs),
@@ -581,11 +588,13 @@ class PendingCheckpoint:
 
 @dataclasses.dataclass
 class LoadedCheckpoint:
-    """A checkpoint read into memory (and verified): its entry, weights and state."""
+    """A checkpoint read into memory (and verified): its entry, weights and state, and
+    the fingerprint its weights were read and are checked against."""
 
     entry: dict
     weights: dict
     bundle: StateBundle | None
+    fingerprint: dict | None = None
 
 
 def _drop_old(manifest: dict, kind: str, keep: int | None) -> list[dict]:

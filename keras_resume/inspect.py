@@ -26,8 +26,8 @@ from pathlib import Path
 
 from keras_resume import storage
 from keras_resume.directory import CheckpointDirectory
-from keras_resume.errors import CheckpointMismatchError, NoCheckpointError
-from keras_resume.restoring import restore
+from keras_resume.errors import CheckpointCorruptError, NoCheckpointError
+from keras_resume.restoring import load_into_model
 
 __all__ = [
     "export_model",
@@ -420,7 +420,7 @@ def _model_from_json(text: str, where: Path, custom_objects=None):
     import keras
 
     try:
-        config = json.loads(text)
+        config = storage.loads_json(text)
     except ValueError as e:
         raise ValueError(
             f"{where} is not valid JSON ({e}). Use keras_resume.restore into your own "
@@ -490,23 +490,25 @@ def load_model(run, which="latest", custom_objects=None):
             "when it was saved (a subclassed model without get_config?). Use "
             "keras_resume.restore into your own model instead."
         )
-    model = _model_from_json(
-        (root / MODEL_JSON).read_text(encoding="utf-8"), root / MODEL_JSON, custom_objects
-    )
+    try:
+        text = storage.read_regular(root, MODEL_JSON).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointCorruptError(
+            f"Cannot read {root / MODEL_JSON} ({e}). Use keras_resume.restore into your own "
+            "model instead, or load another checkpoint."
+        ) from e
+    model = _model_from_json(text, root / MODEL_JSON, custom_objects)
     if not model.built:
         raise ValueError(
             f"The model rebuilt from {root / MODEL_JSON} is not built (its config holds no "
             "input shape). Use keras_resume.restore into your own built model instead."
         )
-    try:
-        # The files were verified by `select` just above.
-        restore(model, ckpt, which=entry["id"], verify=False)
-    except CheckpointMismatchError:
-        if getattr(model, "optimizer", None) is not None:
-            raise
-        # An uncompiled model has no optimizer to restore: Keras's own reader
-        # loads the model's weights and ignores the optimizer's.
-        model.load_weights(str(root / WEIGHTS_FILE))
+    # The files were verified by `select` just above. Read by keras_resume's
+    # checked reader, never by Keras's (which follows HDF5 links out of the run):
+    # an uncompiled model has no optimizer, and its own variables are loaded.
+    loaded = ckpt.read_checkpoint(entry["id"], verify=False)
+    with_optimizer = getattr(model, "optimizer", None) is not None
+    load_into_model(model, ckpt, loaded, with_optimizer=with_optimizer)
     return model, entry
 
 

@@ -58,11 +58,11 @@ def read_manifest(path: Path) -> dict | None:
     checksum (a flipped byte, a truncation, a hand edit) or its schema.
     """
     path = Path(path)
-    if not path.exists():
-        return None
     try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        manifest = read_json(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
         raise ManifestError(
             f"Manifest {path} is not valid JSON ({e}). It was damaged or edited by "
             "hand; keras_resume rebuilds it from the checkpoints' own checkpoint.json "
@@ -76,6 +76,14 @@ def read_manifest(path: Path) -> dict | None:
         )
     validate(manifest, path)
     return manifest
+
+
+def read_json(path: Path):
+    """A JSON file of a run: a regular file (no link followed, `storage.open_regular`),
+    parsed with bounded integers (`storage.loads_json`). Raises `FileNotFoundError`,
+    `CheckpointCorruptError` (an `OSError`) or `ValueError`."""
+    path = Path(path)
+    return storage.loads_json(storage.read_regular(path.parent, path.name))
 
 
 def write_manifest(path: Path, manifest: dict) -> None:
@@ -164,6 +172,8 @@ def _check_natural(path, where: str, value) -> None:
     _check_type(path, where, value, int)
     if value < 0:
         _fail(path, f"{where}={value} is negative")
+    if value >= 2**63:
+        _fail(path, f"{where}={str(value)[:30]} is not below 2**63")
 
 
 def _validate_fingerprint(path, where: str, fp) -> None:
@@ -183,6 +193,44 @@ def _validate_fingerprint(path, where: str, fp) -> None:
                 _fail(path, f"{where}.{key}[{j}]={item!r}, expected [path, shape, dtype]")
     if fp.get("optimizer") is not None:
         _check_type(path, f"{where}.optimizer", fp["optimizer"], str)
+    if "weights_file" in fp:
+        _validate_layout(path, f"{where}.weights_file", fp["weights_file"])
+
+
+def _is_shape(value) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    )
+
+
+def _validate_layout(path, where: str, layout) -> None:
+    """The weights file's layout: `{"groups": [[path, class, [[key, shape, dtype]]]],
+    "optimizer": path or None}` (see `backend.weights_layout`)."""
+    _check_type(path, where, layout, dict)
+    _check_type(path, f"{where}.groups", layout.get("groups"), list)
+    _check_type(path, f"{where}.optimizer", layout.get("optimizer"), (str, type(None)))
+    for j, group in enumerate(layout["groups"]):
+        ok = (
+            isinstance(group, list)
+            and len(group) == 3
+            and isinstance(group[0], str)
+            and isinstance(group[1], (str, type(None)))
+            and isinstance(group[2], list)
+            and all(
+                isinstance(item, list)
+                and len(item) == 3
+                and isinstance(item[0], str)
+                and _is_shape(item[1])
+                and isinstance(item[2], str)
+                for item in group[2]
+            )
+        )
+        if not ok:
+            _fail(
+                path,
+                f"{where}.groups[{j}]={group!r:.200}, "
+                "expected [path, class, [[key, shape, dtype]]]",
+            )
 
 
 def _validate_entry(path, i: int, entry, manifest: dict) -> None:
@@ -278,8 +326,8 @@ def from_self_descriptions(descriptions: list[dict], where) -> dict:
 def read_self_description(path: Path) -> dict:
     """Reads one `checkpoint.json`; raises `ManifestError` if it is not a valid one."""
     try:
-        description = json.loads(Path(path).read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        description = read_json(path)
+    except (OSError, ValueError) as e:
         raise ManifestError(f"{path} is unreadable ({e})") from e
     _check_type(path, "the top level", description, dict)
     version = description.get("schema_version")

@@ -196,8 +196,9 @@ def read_agreed(ckpt, job: Job, verify: bool):
 
 
 def _own_state(ckpt, entry: dict, job: Job) -> StateBundle | None:
-    where = ckpt.checkpoint_path(entry) / part_name(job.index)
-    if not (where / STATE_FILE).is_file():
+    root = ckpt.checkpoint_path(entry)
+    where = root / part_name(job.index)
+    if not (where / STATE_FILE).exists():
         warnings.warn(
             f"Checkpoint {ckpt.checkpoint_path(entry)} holds no state for process "
             f"{job.index} (it was written by a job of {_writers(entry)}): its weights are "
@@ -206,7 +207,7 @@ def _own_state(ckpt, entry: dict, job: Job) -> StateBundle | None:
             stacklevel=4,
         )
         return None
-    return StateBundle.read(where)
+    return StateBundle.read(root, part_name(job.index))
 
 
 def _writers(entry: dict) -> str:

@@ -38,19 +38,24 @@ class RestoreInfo:
     logs: dict
 
 
-def load_into_model(model, ckpt: CheckpointDirectory, loaded: LoadedCheckpoint):
+def load_into_model(
+    model, ckpt: CheckpointDirectory, loaded: LoadedCheckpoint, with_optimizer: bool = True
+):
     """Checks, then loads weights, optimizer and SeedGenerator states of a read checkpoint.
 
     Nothing changes in `model` unless every variable matches. Returns the
     checkpoint's state bundle (None for a weights-only checkpoint).
+    `with_optimizer=False` loads the model's own variables only (a model
+    without an optimizer: `inspect.load_model` of an uncompiled model).
     """
     entry, bundle = loaded.entry, loaded.bundle
     where = str(ckpt.checkpoint_path(entry))
     model_state.ensure_built(model, where)
-    model_state.check_compatible(ckpt.fingerprint_of(entry), model, where)
+    fp = loaded.fingerprint if loaded.fingerprint is not None else ckpt.fingerprint_of(entry)
+    model_state.check_compatible(fp, model, where, with_optimizer)
     if bundle is not None:
         schema.check_bundle(bundle, ckpt.checkpoint_path(entry))
-    model_state.assign_weights(model, loaded.weights)
+    model_state.assign_weights(model, loaded.weights, where, with_optimizer)
     rng = bundle.meta.get("rng") if bundle is not None else None
     if rng is not None and rng_state.crosses_backend(rng["process"]):
         warnings.warn(

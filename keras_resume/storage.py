@@ -67,12 +67,134 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+# --- Reading files of a run: regular files inside it, never through a link ----------
+
+
+def open_regular(root: str | os.PathLike, relpath: str) -> int:
+    """Opens `root/relpath` for reading; returns a file descriptor.
+
+    `root` (the run or checkpoint directory the user named) may itself be a
+    link; below it no component is followed if it is a symbolic link
+    (`O_NOFOLLOW`, one directory at a time), and the file must be a regular
+    file (`fstat`): a link planted in a run can point anywhere, a FIFO would
+    block the reader. Raises `FileNotFoundError` for a missing file and
+    `CheckpointCorruptError`, naming the path, for anything else.
+    """
+    parts = [p for p in str(relpath).split("/") if p]
+    full = Path(root, *parts)
+    if not parts or any(p in (".", "..") for p in parts):
+        raise CheckpointCorruptError(
+            f"Refusing to read {full}: {relpath!r} does not name a file inside {root}."
+        )
+    try:
+        dir_fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise _unreadable(full, e) from e
+    try:
+        for k, part in enumerate(parts):
+            last = k == len(parts) - 1
+            flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+            flags |= getattr(os, "O_NOFOLLOW", 0) | (0 if last else getattr(os, "O_DIRECTORY", 0))
+            try:
+                fd = os.open(part, flags, dir_fd=dir_fd)
+            except FileNotFoundError:
+                raise
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK) and _is_link(part, dir_fd):
+                    raise CheckpointCorruptError(
+                        f"{Path(root, *parts[: k + 1])} is a symbolic link: keras_resume never "
+                        "follows a link inside a run directory (it may point outside the run). "
+                        "Remove it, or resume from another checkpoint."
+                    ) from None
+                raise _unreadable(full, e) from e
+            os.close(dir_fd)
+            dir_fd = fd
+        fd, dir_fd = dir_fd, -1
+    finally:
+        if dir_fd >= 0:
+            os.close(dir_fd)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise CheckpointCorruptError(
+            f"{full} is not a regular file (mode {stat.filemode(mode)}); refusing to read it. "
+            "Remove it, or resume from another checkpoint."
+        )
+    return fd
+
+
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except OSError:
+        return False
+
+
+def _unreadable(full: Path, e: OSError) -> CheckpointCorruptError:
+    return CheckpointCorruptError(
+        f"Cannot read {full} ({e.strerror or e}). The checkpoint cannot be used; resume "
+        "from another one."
+    )
+
+
+def open_regular_file(root: str | os.PathLike, relpath: str):
+    """`open_regular` as a binary file object (for h5py, numpy)."""
+    return os.fdopen(open_regular(root, relpath), "rb")
+
+
+def read_regular(root: str | os.PathLike, relpath: str) -> bytes:
+    """The bytes of `root/relpath`, opened as `open_regular` does."""
+    with open_regular_file(root, relpath) as f:
+        return f.read()
+
+
+def regular_size(root: str | os.PathLike, relpath: str) -> int:
+    fd = open_regular(root, relpath)
+    try:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+MAX_INT_DIGITS = 20  # every count, id and size keras_resume writes fits in 20 digits
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(
+            f"an integer of {len(text.lstrip('-'))} digits ({text[:12]}...); keras_resume "
+            f"writes at most {MAX_INT_DIGITS}"
+        )
+    return int(text)
+
+
+def loads_json(data: bytes | str):
+    """Parses JSON read from disk; raises `ValueError` for bad JSON or a huge integer.
+
+    Integers longer than `MAX_INT_DIGITS` are refused before Python converts
+    them (a 4,301-digit one raises a bare ValueError in `int`, and a long one
+    is slow to convert).
+    """
+    if isinstance(data, bytes):
+        data = data.decode("utf-8")
+    try:
+        return json.loads(data, parse_int=_bounded_int)
+    except RecursionError as e:
+        raise ValueError(f"nested too deeply ({e})") from None
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Returns the hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
+        return _sha256_of(f)
+
+
+def _sha256_of(f) -> str:
+    digest = hashlib.sha256()
+    while chunk := f.read(_CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -84,28 +206,32 @@ BLOCK_BYTES = 32 * 1024 * 1024
 
 def sha256_blocks(path: str | os.PathLike, block_bytes: int = BLOCK_BYTES, workers: int = 1):
     """Hex SHA-256 of each `block_bytes` block of a file (one digest for an empty file)."""
-    size = os.path.getsize(path)
-    count = max(1, -(-size // block_bytes))
     fd = os.open(path, os.O_RDONLY)
     try:
-
-        def digest(k: int) -> str:
-            h = hashlib.sha256()
-            start, end = k * block_bytes, min(size, (k + 1) * block_bytes)
-            while start < end:
-                chunk = os.pread(fd, min(_CHUNK, end - start), start)
-                if not chunk:
-                    break  # shrank while being read: the digest will not match
-                h.update(chunk)
-                start += len(chunk)
-            return h.hexdigest()
-
-        if workers <= 1 or count == 1:
-            return [digest(k) for k in range(count)]
-        with ThreadPoolExecutor(max_workers=min(workers, count)) as pool:
-            return list(pool.map(digest, range(count)))
+        return _sha256_blocks_of(fd, block_bytes, workers)
     finally:
         os.close(fd)
+
+
+def _sha256_blocks_of(fd: int, block_bytes: int, workers: int) -> list[str]:
+    size = os.fstat(fd).st_size
+    count = max(1, -(-size // block_bytes))
+
+    def digest(k: int) -> str:
+        h = hashlib.sha256()
+        start, end = k * block_bytes, min(size, (k + 1) * block_bytes)
+        while start < end:
+            chunk = os.pread(fd, min(_CHUNK, end - start), start)
+            if not chunk:
+                break  # shrank while being read: the digest will not match
+            h.update(chunk)
+            start += len(chunk)
+        return h.hexdigest()
+
+    if workers <= 1 or count == 1:
+        return [digest(k) for k in range(count)]
+    with ThreadPoolExecutor(max_workers=min(workers, count)) as pool:
+        return list(pool.map(digest, range(count)))
 
 
 def file_record(root: Path, relpath: str) -> dict:
@@ -120,22 +246,28 @@ def file_record(root: Path, relpath: str) -> dict:
 
 
 def verify_file(root: Path, record: dict, workers: int | None = None) -> None:
-    """Raises `CheckpointCorruptError` if a file is missing, resized or changed.
+    """Raises `CheckpointCorruptError` if a file is missing, resized, changed, or
+    not a regular file inside `root` (see `open_regular`).
 
     Blocks are hashed on `workers` threads (default: one per CPU).
     """
-    check_size(root, record)
     full = root / record["path"]
-    if "sha256_blocks" not in record:  # written by schema 1
-        actual = sha256_file(full)
-        if actual != record["sha256"]:
-            raise CheckpointCorruptError(
-                f"Checkpoint file {full} fails its checksum: sha256 {actual}, expected "
-                f"{record['sha256']}. Resume from another checkpoint."
-            )
-        return
-    block_bytes = record["block_bytes"]
-    actual = sha256_blocks(full, block_bytes, workers or os.cpu_count() or 1)
+    fd = _open_record(root, record)
+    try:
+        _check_size_of(fd, full, record)
+        if "sha256_blocks" not in record:  # written by schema 1
+            with os.fdopen(os.dup(fd), "rb") as f:
+                actual = _sha256_of(f)
+            if actual != record["sha256"]:
+                raise CheckpointCorruptError(
+                    f"Checkpoint file {full} fails its checksum: sha256 {actual}, expected "
+                    f"{record['sha256']}. Resume from another checkpoint."
+                )
+            return
+        block_bytes = record["block_bytes"]
+        actual = _sha256_blocks_of(fd, block_bytes, workers or os.cpu_count() or 1)
+    finally:
+        os.close(fd)
     for k, (got, expected) in enumerate(zip(actual, record["sha256_blocks"])):
         if got != expected:
             raise CheckpointCorruptError(
@@ -146,14 +278,27 @@ def verify_file(root: Path, record: dict, workers: int | None = None) -> None:
 
 
 def check_size(root: Path, record: dict) -> None:
-    """Raises `CheckpointCorruptError` if a file is missing or has another size."""
-    full = root / record["path"]
-    if not full.is_file():
+    """Raises `CheckpointCorruptError` if a file is missing, has another size, or
+    is not a regular file inside `root`."""
+    fd = _open_record(root, record)
+    try:
+        _check_size_of(fd, root / record["path"], record)
+    finally:
+        os.close(fd)
+
+
+def _open_record(root: Path, record: dict) -> int:
+    try:
+        return open_regular(root, record["path"])
+    except FileNotFoundError:
         raise CheckpointCorruptError(
-            f"Checkpoint file {full} is missing. The checkpoint cannot be used; "
-            "resume from another one (keras_resume falls back automatically)."
-        )
-    size = full.stat().st_size
+            f"Checkpoint file {root / record['path']} is missing. The checkpoint cannot be "
+            "used; resume from another one (keras_resume falls back automatically)."
+        ) from None
+
+
+def _check_size_of(fd: int, full: Path, record: dict) -> None:
+    size = os.fstat(fd).st_size
     if size != record["size"]:
         raise CheckpointCorruptError(
             f"Checkpoint file {full} has {size} bytes, expected {record['size']} "

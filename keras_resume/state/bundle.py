@@ -44,17 +44,25 @@ class StateBundle:
         return [STATE_FILE, ARRAYS_FILE]
 
     @classmethod
-    def read(cls, directory: Path) -> StateBundle:
-        state_path, arrays_path = directory / STATE_FILE, directory / ARRAYS_FILE
+    def read(cls, directory: Path, subdir: str = "") -> StateBundle:
+        """Reads the bundle in `directory/subdir` (no link below `directory` followed)."""
+        directory = Path(directory)
+        state_rel = f"{subdir}/{STATE_FILE}" if subdir else STATE_FILE
+        arrays_rel = f"{subdir}/{ARRAYS_FILE}" if subdir else ARRAYS_FILE
+        where = directory / subdir if subdir else directory
+        state_path = directory / state_rel
         try:
-            meta = json.loads(state_path.read_text(encoding="utf-8"))
-            with np.load(arrays_path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
+            meta = storage.loads_json(storage.read_regular(directory, state_rel))
+            with storage.open_regular_file(directory, arrays_rel) as f:
+                with np.load(f, allow_pickle=False) as data:
+                    arrays = {key: data[key] for key in data.files}
+        except CheckpointCorruptError:
+            raise
         except Exception as e:  # noqa: BLE001 - any failure to parse is damage
             # numpy and zipfile raise many types for damaged archives (EOFError,
             # zlib.error, NotImplementedError, BadZipFile, ...).
             raise CheckpointCorruptError(
-                f"Cannot read checkpoint state in {directory} ({e}). The checkpoint "
+                f"Cannot read checkpoint state in {where} ({e}). The checkpoint "
                 "is damaged; resume from another one."
             ) from e
         if not isinstance(meta, dict):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_resume import backend
-from keras_resume.errors import CheckpointMismatchError
+from keras_resume import backend, hdf5
+from keras_resume.errors import CheckpointCorruptError, CheckpointMismatchError
 from keras_resume.state import shards
 from keras_resume.state.bundle import StateBundle
 
@@ -25,13 +25,21 @@ def _describe(variables) -> list[list]:
     return [[v.path, list(v.shape), str(v.dtype)] for v in variables]
 
 
-def fingerprint(model) -> dict:
-    """What a checkpoint needs to match: variable paths, shapes, dtypes, optimizer."""
+def fingerprint(model, weights: list | None = None) -> dict:
+    """What a checkpoint needs to match: variable paths, shapes, dtypes, optimizer,
+    and the layout of its weights file (`weights_file`: each group's path, the
+    class that saves it, its datasets' keys, shapes and dtypes; see
+    `backend.weights_layout`), which tells apart architectures whose variables
+    have the same shapes, and bounds what a restore reads from the file.
+
+    `weights`: the `snapshot_weights` result this fingerprint describes.
+    """
     optimizer = getattr(model, "optimizer", None)
     return {
         "variables": _describe(model.weights),
         "optimizer": type(optimizer).__name__ if optimizer is not None else None,
         "optimizer_variables": _describe(optimizer.variables) if optimizer is not None else [],
+        "weights_file": backend.weights_layout(model, weights),
     }
 
 
@@ -80,15 +88,66 @@ def _differences(label: str, saved: list, live: list, limit: int = 8) -> list[st
     return out
 
 
+def _without_optimizer(layout: dict) -> list:
+    """The layout's groups, less the optimizer's (its group and those under it)."""
+    opt = layout.get("optimizer")
+    if opt is None:
+        return list(layout["groups"])
+    return [g for g in layout["groups"] if g[0] != opt and not g[0].startswith(f"{opt}/")]
+
+
+def _layout_differences(saved: dict, live: dict, with_optimizer: bool, limit: int = 8) -> list:
+    """How the weights file's layouts differ: group paths and classes, then datasets."""
+    if with_optimizer:
+        saved_groups, live_groups = saved["groups"], live["groups"]
+    else:
+        saved_groups, live_groups = _without_optimizer(saved), _without_optimizer(live)
+    out = []
+    if len(saved_groups) != len(live_groups):
+        out.append(
+            f"weights file groups: checkpoint has {len(saved_groups)}, model has {len(live_groups)}"
+        )
+    for (s_path, s_class, s_data), (l_path, l_class, l_data) in zip(saved_groups, live_groups):
+        if s_path != l_path or s_class != l_class:
+            out.append(
+                f"layer {l_path or '(the model)'!r} is a {l_class} in the model; the checkpoint "
+                f"has a {s_class} at {s_path or '(the model)'!r}"
+            )
+            continue
+        s_spec = [(k, shape, dtype) for k, shape, dtype in s_data]
+        l_spec = [(k, shape, dtype) for k, shape, dtype in l_data]
+        same = len(s_spec) == len(l_spec) and all(
+            sk == lk and ss == ls and _same_dtype(sd, ld)
+            for (sk, ss, sd), (lk, ls, ld) in zip(s_spec, l_spec)
+        )
+        if not same:
+            out.append(
+                f"layer {l_path!r} ({l_class}) saves {[s[1:] for s in l_spec]} in the model, "
+                f"{[s[1:] for s in s_spec]} in the checkpoint"
+            )
+    if len(out) > limit:
+        out = out[:limit] + [f"... and {len(out) - limit} more"]
+    return out
+
+
 def check_compatible(saved: dict, model, where: str, with_optimizer: bool = True) -> None:
     """Raises `CheckpointMismatchError`, before any variable changes, if `model` differs.
 
     Variables are matched by position (as `.weights.h5` files are), so layer
-    names that Keras numbers differently in a new session do not matter.
+    names that Keras numbers differently in a new session do not matter; the
+    weights file's groups (paths Keras derives from attribute names and layer
+    classes, not from layer names) and the class saving each are compared too,
+    where the checkpoint recorded them. `with_optimizer=False` compares the
+    model's own variables only.
     """
     live = fingerprint(model)
     problems = _differences("variable", saved["variables"], live["variables"])
-    if with_optimizer and saved["optimizer"] is not None:
+    compare_optimizer = with_optimizer and saved["optimizer"] is not None
+    if "weights_file" in saved:
+        problems += _layout_differences(
+            saved["weights_file"], live["weights_file"], compare_optimizer
+        )
+    if compare_optimizer:
         if saved["optimizer"] != live["optimizer"]:
             problems.append(
                 f"optimizer: checkpoint has {saved['optimizer']}, model has {live['optimizer']}"
@@ -134,38 +193,112 @@ def write_own_shards(snapshot: list, directory: Path) -> list[str]:
     return shards.write_shards(backend.sharded_entries(snapshot), directory)
 
 
-def read_weights(directory: Path) -> dict:
+def read_weights(directory: Path, fp: dict | None = None) -> dict:
     """Reads `model.weights.h5` into memory (nothing is assigned).
 
-    A variable sharded across processes is not read yet: its entry is a
+    `fp`: the checkpoint's fingerprint. With its `weights_file` layout only the
+    datasets it lists are read, each checked against it first; without (an
+    older checkpoint), no more bytes than its variables hold. A variable
+    sharded across processes is not read yet: its entry is a
     `shards.ShardedVariable`, read shard by shard when it is assigned.
     """
-    groups = backend.read_weights(directory / WEIGHTS_FILE)
-    for (path, key), variable in shards.read_index(directory).items():
+    sharded = shards.read_index(directory)
+    layout = (fp or {}).get("weights_file")
+    if layout is not None:
+        listed = {
+            (path, key): (shape, dtype)
+            for path, _, data in layout["groups"]
+            for key, shape, dtype in data
+        }
+        for where, variable in sharded.items():
+            spec = listed.get(where)
+            if spec is None or tuple(spec[0]) != tuple(variable.shape) or spec[1] != variable.dtype:
+                raise CheckpointCorruptError(
+                    f"The shards of {directory} hold {variable.name!r} as {variable.shape}/"
+                    f"{variable.dtype}; the checkpoint's fingerprint lists "
+                    f"{'nothing there' if spec is None else f'{spec[0]}/{spec[1]}'}. The files "
+                    "were altered; resume from another checkpoint."
+                )
+        groups = backend.read_weights(directory, WEIGHTS_FILE, layout["groups"], skip=set(sharded))
+    else:
+        budget = None
+        if fp is not None:  # twice the listed bytes: a dtype that differs is reported by name
+            budget = (
+                2
+                * sum(
+                    hdf5.nbytes(shape, dtype)
+                    for _, shape, dtype in fp["variables"] + fp["optimizer_variables"]
+                )
+                + 2**20
+            )
+        groups = backend.read_weights(directory, WEIGHTS_FILE, budget=budget)
+    for (path, key), variable in sharded.items():
         groups.setdefault(path, {})[key] = variable
     return groups
 
 
-def assign_weights(model, weights: dict) -> None:
-    """Assigns weights read by `read_weights`, as `model.load_weights` would.
+def stage_weights(model, weights: dict, where: str, with_optimizer: bool = True) -> dict:
+    """Checks every value read by `read_weights` against the variable it goes into,
+    and reads the sharded ones; returns what `backend.assign_weights` assigns.
+
+    Raises `CheckpointMismatchError` before any variable changes: each group
+    the model saves must be in the checkpoint with the same keys, each value
+    the variable's shape and dtype.
+    """
+    targets = backend.weight_targets(model, with_optimizer=with_optimizer)
+    classes = getattr(targets, "classes", {})
+    problems = []
+    wanted: dict = {}
+    for (path, key), target in targets.items():
+        wanted.setdefault(path, {})[key] = target
+    for path in classes:
+        wanted.setdefault(path, {})
+    for path, keys in wanted.items():
+        saved = weights.get(path, {})
+        label = f"{path or '(the model)'!r} ({classes.get(path)})"
+        if set(saved) != set(keys):
+            problems.append(
+                f"layer {label} saves {len(keys)} values, the checkpoint has "
+                f"{len(saved)} there ({sorted(saved)[:6]})"
+            )
+            continue
+        for key, target in keys.items():
+            value = saved[key]
+            shape, dtype = backend.value_spec(target)
+            v_shape, v_dtype = backend.value_spec(value)
+            if v_shape != shape or not _same_dtype(v_dtype, dtype):
+                problems.append(
+                    f"layer {label} value {key}: {v_shape}/{v_dtype} in the checkpoint, "
+                    f"{shape}/{dtype} in the model"
+                )
+    if problems:
+        shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
+        raise CheckpointMismatchError(
+            f"Checkpoint {where} does not match model {model.name!r}; nothing was loaded.\n  "
+            + "\n  ".join(shown)
+            + "\nRebuild the model exactly as it was when the checkpoint was written, "
+            "or point keras_resume at another directory."
+        )
+    staged = {}
+    for path, keys in wanted.items():
+        staged[path] = {}
+        for key, target in keys.items():
+            value = weights[path][key]
+            if isinstance(value, shards.ShardedVariable):
+                value = backend.array_from_regions(target, value.read)
+            staged[path][key] = value
+    return staged
+
+
+def assign_weights(model, weights: dict, where: str = "", with_optimizer: bool = True) -> None:
+    """Assigns weights read by `read_weights`, all or nothing (see `stage_weights`),
+    as `model.load_weights` would.
 
     Each sharded variable is read in the layout the model has now: each
     process reads only the regions its own devices hold.
     """
-    targets = None
-    for path, values in weights.items():
-        for key, value in values.items():
-            if isinstance(value, shards.ShardedVariable):
-                if targets is None:
-                    targets = backend.weight_targets(model)
-                target = targets.get((path, key))
-                if target is None:
-                    raise CheckpointMismatchError(
-                        f"The checkpoint holds the sharded variable {value.name!r}, which "
-                        f"model {model.name!r} does not have; nothing was loaded."
-                    )
-                values[key] = backend.array_from_regions(target, value.read)
-    backend.assign_weights(model, weights)
+    staged = stage_weights(model, weights, where or model.name, with_optimizer)
+    backend.assign_weights(model, staged, with_optimizer=with_optimizer)
 
 
 def capture_metrics(model, bundle: StateBundle) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from keras_resume import hdf5
 from keras_resume.errors import CheckpointCorruptError
 
 SHARDS_FILE = "shards.h5"
@@ -55,8 +56,9 @@ def shard_files(root: Path) -> list[Path]:
 class ShardedVariable:
     """One saved variable, as the pieces the processes wrote; reads any region of it."""
 
-    def __init__(self, path: str, key: str, shape: tuple, dtype: str):
+    def __init__(self, path: str, key: str, shape: tuple, dtype: str, root: Path | None = None):
         self.path, self.key, self.shape, self.dtype = path, key, shape, dtype
+        self.root = root  # the checkpoint directory the files are read from
         self.pieces: list[tuple[Path, str, np.ndarray]] = []  # (file, dataset, bounds)
 
     @property
@@ -89,13 +91,39 @@ class ShardedVariable:
                 continue
             source = tuple(slice(a, b) for a, b in zip(start - bounds[:, 0], stop - bounds[:, 0]))
             target = tuple(slice(a, b) for a, b in zip(start - lo, stop - lo))
-            with h5py.File(file, "r") as f:
-                out[target] = f[dataset][source]
+            # Checked whole by `read_index`; here only the dataset read, once per region.
+            with hdf5.open_checked(self.root, _relative(file, self.root), scan=False) as f:
+                data = hdf5.checked_dataset(f, dataset, file)
+                _check_piece(data, self, self.shape, self.dtype, bounds)
+                out[target] = data[source]
         if self.dtype == _BFLOAT16:
             import ml_dtypes
 
             out = out.view(ml_dtypes.bfloat16)
         return out
+
+
+def _relative(file: Path, root: Path) -> str:
+    return Path(file).relative_to(root).as_posix()
+
+
+def _check_piece(dataset, variable: ShardedVariable, shape, dtype: str, bounds) -> None:
+    """Raises `ValueError` unless the dataset is a number array of its bounds' extent
+    inside the variable, of the variable's dtype (read regions stay bounded)."""
+    problem = hdf5.numeric_problem(dataset)
+    if problem:
+        raise ValueError(f"dataset {dataset.name}: {problem}")
+    if variable.shape != shape or variable.dtype != dtype or len(bounds) != len(shape):
+        raise ValueError(f"dataset {dataset.name} does not fit {variable.name}")
+    if np.any(bounds[:, 0] < 0) or np.any(bounds[:, 1] > np.asarray(shape, dtype=np.int64)):
+        raise ValueError(f"dataset {dataset.name} has bounds {bounds.tolist()} outside {shape}")
+    extent = tuple(int(n) for n in bounds[:, 1] - bounds[:, 0])
+    stored = np.dtype(np.uint16) if dtype == _BFLOAT16 else np.dtype(dtype)
+    if tuple(dataset.shape) != extent or dataset.dtype != stored:
+        raise ValueError(
+            f"dataset {dataset.name} is {tuple(dataset.shape)}/{dataset.dtype}, its bounds "
+            f"say {extent}/{stored}"
+        )
 
 
 def read_index(root: Path) -> dict[tuple[str, str], ShardedVariable]:
@@ -106,19 +134,21 @@ def read_index(root: Path) -> dict[tuple[str, str], ShardedVariable]:
     variables: dict[tuple[str, str], ShardedVariable] = {}
     for file in shard_files(root):
         try:
-            with h5py.File(file, "r") as f:
+            with hdf5.open_checked(root, _relative(file, root)) as f:
                 for dataset in f.values():
+                    if not isinstance(dataset, h5py.Dataset):
+                        raise ValueError(f"{dataset.name} is not a dataset")
                     attrs = dataset.attrs
                     where = (str(attrs["path"]), str(attrs["key"]))
                     shape = tuple(int(n) for n in attrs["shape"])
+                    dtype = str(attrs["dtype"])
                     variable = variables.setdefault(
-                        where, ShardedVariable(*where, shape, str(attrs["dtype"]))
+                        where, ShardedVariable(*where, shape, dtype, Path(root))
                     )
                     bounds = np.asarray(attrs["bounds"], dtype=np.int64).reshape(-1, 2)
-                    if variable.shape != shape or len(bounds) != len(shape):
-                        raise ValueError(f"dataset {dataset.name} does not fit {where}")
+                    _check_piece(dataset, variable, shape, dtype, bounds)
                     variable.pieces.append((file, dataset.name, bounds))
-        except (OSError, KeyError, ValueError) as e:
+        except (OSError, KeyError, ValueError, TypeError) as e:
             raise CheckpointCorruptError(
                 f"Cannot read the shards file {file} ({type(e).__name__}: {e}). The "
                 "checkpoint is damaged; resume from another one."
