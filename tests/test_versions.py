@@ -14,7 +14,6 @@ wheel is not on PyPI). The build needs PyPI, like the suite's own install.
 
 import subprocess
 import sys
-import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -24,6 +23,11 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from tests.conftest import TESTS, script_env
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
+    import tomli as tomllib
 
 pytestmark = pytest.mark.xdist_group("versions")
 
