@@ -12,6 +12,9 @@ import sys
 import keras
 import numpy as np
 
+# BestCheckpoint's base class (Keras 3.11 and later): the monitor, mode and best value.
+from keras.src.callbacks.monitor_callback import MonitorCallback  # noqa: F401
+
 
 def name() -> str:
     return keras.backend.backend()
@@ -831,6 +834,24 @@ def check_strategy(model=None) -> None:
             "keras.distribution.set_distribution(keras.distribution.DataParallel(...)), "
             "launched with `keras-resume run --nprocs N`."
         )
+
+
+# --- Callbacks -------------------------------------------------------------------
+
+
+def monitor_mode(callback) -> str:
+    """Which way a `MonitorCallback`'s comparison (`monitor_op`) goes: "min" or "max"."""
+    from keras.src import ops
+
+    return "min" if callback.monitor_op is ops.less else "max"
+
+
+def print_msg(message: str) -> None:
+    """Prints as Keras's callbacks do: to stdout, or to absl logging when Keras's
+    interactive logging is off (`keras.config.disable_interactive_logging()`)."""
+    from keras.src.utils import io_utils
+
+    io_utils.print_msg(message)
 
 
 # --- The training loop inside model.fit --------------------------------------------
