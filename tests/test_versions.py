@@ -50,7 +50,7 @@ EXACT_RESUME = [
     "test_mid_epoch_sigkill_resumes_bit_identical[tensorflow-pydataset-plateau]",
     "test_mid_epoch_sigkill_resumes_bit_identical[tensorflow-tfdata-schedule]",
     "test_mid_epoch_sigkill_resumes_bit_identical[jax-numpy-plateau]",
-    "test_epoch_boundary_sigkill_resumes_bit_identical[tensorflow-numpy]",
+    "test_epoch_boundary_sigkill_resumes_bit_identical[numpy-tensorflow]",
     "test_without_rng_capture_the_resume_differs[tensorflow]",
 ]
 SUBSET = {
@@ -139,8 +139,9 @@ def oldest_results(tmp_path_factory):
          *[node for nodes in SUBSET.values() for node in nodes]],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT,
     )  # fmt: skip
-    assert report.exists(), f"pytest under the oldest versions did not run:\n{proc.stdout[-4000:]}"
-    return _outcomes(report), proc.stdout[-6000:]
+    output = f"{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    assert report.exists(), f"pytest under the oldest versions did not run:\n{output}"
+    return _outcomes(report), output
 
 
 def _run(command, timeout):
