@@ -8,8 +8,10 @@ its range in pyproject.toml, checked here too) and the project's other
 dependencies as pip resolves them beside those, and runs the exactness
 subset there: every Keras internal (tests/test_keras_contract.py), the
 in-process resume tests, and SIGKILLed subprocess resumes compared bit for bit
-on TensorFlow and JAX (PyTorch is left out of the old environment: its CPU
-wheel is not on PyPI). The build needs PyPI, like the suite's own install.
+on TensorFlow and JAX (PyTorch is left out of the old environment: PyPI's
+torch is the multi-GB CUDA build). The build needs PyPI, like the suite's own
+install; `--no-compile` spares byte-compiling all of TensorFlow (what is
+imported compiles as it loads).
 """
 
 import subprocess
