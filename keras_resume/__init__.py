@@ -19,6 +19,7 @@ _EXPORTS = {
     "StepBackup": "keras_resume.callbacks",
     "CheckpointDirectory": "keras_resume.directory",
     "CheckpointCorruptError": "keras_resume.errors",
+    "CheckpointDirectoryError": "keras_resume.errors",
     "CheckpointMismatchError": "keras_resume.errors",
     "DirectoryLockedError": "keras_resume.errors",
     "KerasResumeError": "keras_resume.errors",

@@ -23,7 +23,12 @@ import os
 import sys
 import textwrap
 
-from keras_resume.errors import KerasResumeError, ManifestError, NoCheckpointError
+from keras_resume.errors import (
+    CheckpointDirectoryError,
+    KerasResumeError,
+    ManifestError,
+    NoCheckpointError,
+)
 
 # Keras is imported by the subcommands that need it, not by this module.
 PROG = "keras-resume"
@@ -684,7 +689,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         ckpt, manifest = kri.open_run(args.run)
-    except (NoCheckpointError, ManifestError, NotADirectoryError, TypeError) as e:
+    except (
+        NoCheckpointError,
+        ManifestError,
+        CheckpointDirectoryError,
+        NotADirectoryError,
+        TypeError,
+    ) as e:
         _error(command, str(e))
         return EXIT_USAGE
     try:

@@ -20,6 +20,7 @@ from keras_resume import backend, processes, remote, storage
 from keras_resume import manifest as mf
 from keras_resume.errors import (
     CheckpointCorruptError,
+    CheckpointDirectoryError,
     ManifestError,
     ManifestVersionError,
     NoCheckpointError,
@@ -101,8 +102,9 @@ class CheckpointDirectory:
             # The writer's own copy is the newest; anyone else reads the remote one.
             self.remote.pull_manifest(mf.MANIFEST_NAME)
         if self.path.exists() and not self.path.is_dir():
-            raise NotADirectoryError(
-                f"Checkpoint directory {self.path} is a file. Pass a directory path."
+            raise CheckpointDirectoryError(
+                f"Checkpoint directory {self.path} is a file, not a directory. Give a "
+                "directory path (a new one is created), or move the file away."
             )
         try:
             manifest = mf.read_manifest(self.manifest_path)
@@ -166,9 +168,34 @@ class CheckpointDirectory:
 
     def verify(self, entry: dict) -> None:
         """Raises `CheckpointCorruptError` if any file of `entry` is damaged."""
+        self._from_copy(self._verify_copy, entry)
+
+    def _verify_copy(self, entry: dict) -> None:
         root = self._local_copy(entry)
         self._check_location(root)
         self._verify_files(root, entry)
+
+    def _from_copy(self, read, entry: dict):
+        """`read(entry)`; for a remote run, again from a new download if the mirror's
+        copy (kept from before) is damaged. Errors name the URL, not the mirror."""
+        if self.remote is None:
+            return read(entry)
+        try:
+            return read(entry)
+        except CheckpointCorruptError as e:
+            if self.remote.has_fresh_copy(entry["dir"]):
+                raise self.remote.named(e) from None
+            logger.warning(
+                "The local copy of %s/%s is damaged (%s); downloading it again",
+                self.location,
+                entry["dir"],
+                e,
+            )
+            self.remote.forget(entry["dir"])
+        try:
+            return read(entry)
+        except CheckpointCorruptError as e:
+            raise self.remote.named(e) from None
 
     @staticmethod
     def _verify_files(root: Path, entry: dict) -> None:
@@ -204,7 +231,7 @@ class CheckpointDirectory:
             )
         if not candidates:
             raise NoCheckpointError(
-                f"No {which!r} checkpoint in {self.path} (manifest "
+                f"No {which!r} checkpoint in {self.location} (manifest "
                 f"{'found' if self.manifest_path.exists() else 'missing'}). Train with "
                 "StepBackup/BestCheckpoint first, or check the path."
             )
@@ -216,12 +243,12 @@ class CheckpointDirectory:
         errors = []
         for entry in self._candidates(which):
             try:
-                return read(entry)
+                return self._from_copy(read, entry)
             except CheckpointCorruptError as e:
                 errors.append(str(e))
                 warnings.warn(f"Skipping damaged checkpoint {entry['dir']}: {e}", stacklevel=3)
         raise CheckpointCorruptError(
-            f"No {which!r} checkpoint in {self.path} verifies; nothing was deleted.\n  "
+            f"No {which!r} checkpoint in {self.location} verifies; nothing was deleted.\n  "
             + "\n  ".join(errors)
         )
 
@@ -234,7 +261,7 @@ class CheckpointDirectory:
 
         def check(entry):
             if verify:
-                self.verify(entry)
+                self._verify_copy(entry)  # _first_good downloads a damaged copy again
             return entry
 
         return self._first_good(which, check)
@@ -397,9 +424,7 @@ class CheckpointDirectory:
             if pending.parts_key is not None:
                 files += self._take_parts(staged.path, pending.parts_key)
             if pending.model_config is not None:
-                (staged.path / model_state.CONFIG_FILE).write_text(
-                    pending.model_config, encoding="utf-8"
-                )
+                storage.write_new_file(staged.path / model_state.CONFIG_FILE, pending.model_config)
                 files.append(model_state.CONFIG_FILE)
             if pending.bundle is not None:
                 files += pending.bundle.write(staged.path)
@@ -421,8 +446,9 @@ class CheckpointDirectory:
                 pending.update(manifest, entry)
             doomed = _drop_old(manifest, kind, pending.keep)
             # Each checkpoint describes itself, so a lost manifest can be rebuilt.
-            (staged.path / mf.SELF_DESCRIPTION).write_text(
-                json.dumps(mf.self_description(manifest, entry), indent=1, sort_keys=True)
+            storage.write_new_file(
+                staged.path / mf.SELF_DESCRIPTION,
+                json.dumps(mf.self_description(manifest, entry), indent=1, sort_keys=True),
             )
             final = staged.commit()
         try:

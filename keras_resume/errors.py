@@ -33,6 +33,12 @@ class DirectoryLockedError(KerasResumeError, RuntimeError):
     """Another live process holds the checkpoint directory's writer lock."""
 
 
+class CheckpointDirectoryError(KerasResumeError, OSError):
+    """The run directory cannot be written safely: not a directory, read-only, or a
+    file or directory in it is a symbolic or hard link (keras_resume never writes
+    through one)."""
+
+
 class SaveError(KerasResumeError, OSError):
     """A checkpoint could not be written; the previous checkpoint is intact."""
 

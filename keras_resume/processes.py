@@ -87,12 +87,13 @@ def write_part(
     A part may hold no file: its appearance says this process is done.
     """
     parts = parts_dir(root, key)
-    parts.mkdir(parents=True, exist_ok=True)
+    storage.make_run_directory(root)
+    storage.make_directory(parts)  # another process may have made it: never a link
     final = parts / part_name(index)
     tmp = parts / f".tmp-{part_name(index)}"
     storage.remove(tmp)
     storage.remove(final)  # a leftover of a killed attempt at the same step
-    tmp.mkdir()
+    storage.make_directory(tmp, new=True)
     names = bundle.write(tmp) if bundle is not None else []
     if weights is not None:
         names += model_state.write_own_shards(weights, tmp)

@@ -69,6 +69,7 @@ class RemoteMirror:
         digest = hashlib.sha256(self.url.encode("utf-8")).hexdigest()[:16]
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", self.url.split("://", 1)[1])[-48:]
         self.local = cache_root() / f"{name}-{digest}"
+        self._downloaded: set[str] = set()  # checkpoints fetched by this object
 
     def _remote(self, relpath: str) -> str:
         return f"{self.root}/{relpath}"
@@ -86,7 +87,7 @@ class RemoteMirror:
             return
         except Exception as e:
             raise RemoteError(f"Cannot read {self.url}/{manifest_name}: {e}") from e
-        self.local.mkdir(parents=True, exist_ok=True)
+        storage.make_run_directory(self.local)
         storage.atomic_write_bytes(local, data)
 
     def push_manifest(self, manifest_name: str) -> None:
@@ -125,6 +126,7 @@ class RemoteMirror:
         records = [r if isinstance(r, dict) else {"path": r} for r in records]
         if final.is_dir() and all(_matches(final / r["path"], r.get("size")) for r in records):
             return final
+        self._downloaded.add(name)
         storage.remove(final)
         with storage.StagedDirectory(self.local, name) as staged:
             for record in records:
@@ -137,6 +139,20 @@ class RemoteMirror:
                     continue  # verification names the missing file
             staged.commit()
         return final
+
+    def has_fresh_copy(self, name: str) -> bool:
+        """Whether the mirror's copy of `name` was downloaded by this object."""
+        return name in self._downloaded
+
+    def forget(self, name: str) -> None:
+        """Drops the mirror's copy of `name`: the next `pull_checkpoint` downloads it."""
+        storage.remove(self.local / name)
+        self._downloaded.discard(name)
+
+    def named(self, error: Exception) -> Exception:
+        """`error` of the same type, its message naming the URL instead of the mirror."""
+        text = str(error).replace(str(self.local), self.url)
+        return error if text == str(error) else type(error)(text)
 
     def remove_checkpoint(self, name: str) -> None:
         try:

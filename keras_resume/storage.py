@@ -7,16 +7,24 @@ under their final name once their bytes are flushed to disk.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import socket
+import stat
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from keras_resume.errors import CheckpointCorruptError, DirectoryLockedError
+from keras_resume.errors import (
+    CheckpointCorruptError,
+    CheckpointDirectoryError,
+    DirectoryLockedError,
+)
 
 STAGING_PREFIX = ".staging-"
 DELETING_PREFIX = ".deleting-"  # renamed so before removal: never rebuilt into a manifest
@@ -42,7 +50,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with new_file(tmp) as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -169,7 +177,8 @@ class StagedDirectory:
         self.committed = False
 
     def __enter__(self) -> StagedDirectory:
-        self.path.mkdir(parents=True)
+        make_run_directory(self.root)
+        make_directory(self.path, new=True)
         return self
 
     def commit(self) -> Path:
@@ -179,6 +188,7 @@ class StagedDirectory:
                 "exists. Another process may be writing to the same checkpoint "
                 "directory; give each run its own directory."
             )
+        check_tree(self.path)  # nothing planted in it while it was written
         for child in self.path.rglob("*"):
             if child.is_file():
                 fsync_path(child)
@@ -281,28 +291,19 @@ class DirectoryLock:
         self._lock_file(key)
 
     def _lock_file(self, key: str) -> None:
-        import fcntl
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
+        make_run_directory(self.root)
+        fd = open_own_file(key)  # never a link: it is truncated and written
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
+            _flock_or_name_holder(fd, self.root, key)
+        except BaseException:
             os.close(fd)
-            raise DirectoryLockedError(
-                f"Checkpoint directory {self.root} is being written by another "
-                f"process (pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, "
-                f"since {holder.get('since', '?')}); lock file {key}. Wait for it to "
-                "finish, stop it, or give this run its own directory."
-            ) from None
+            raise
         self._fd, self._key = fd, key
         _HELD[key] = self
         self.took_over = _read_holder(fd) or None  # a released lock is emptied
         try:  # the holder's name is for messages only: best effort on a full disk
             info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
+            _write_holder(fd, info)
         except OSError:
             pass
 
@@ -323,9 +324,69 @@ class DirectoryLock:
             os.close(fd)
 
 
+# The holder record fills this many bytes (JSON padded with spaces) and is
+# written by one pwrite, never truncated first: a reader sees the old record or
+# the new one, not an empty file in between.
+_HOLDER_BYTES = 512
+# How long a process that finds the lock held waits for its holder to write its
+# name (it takes the lock itself if it is released meanwhile).
+HOLDER_WAIT_S = 2.0
+
+
+def _write_holder(fd: int, info: dict) -> None:
+    data = json.dumps(info).encode("utf-8")[:_HOLDER_BYTES].ljust(_HOLDER_BYTES)
+    os.pwrite(fd, data, 0)
+    os.ftruncate(fd, _HOLDER_BYTES)  # drops a longer record of an older version
+
+
+def _flock_or_name_holder(fd: int, root: Path, key: str) -> None:
+    """Takes the lock on `fd`, or raises `DirectoryLockedError` naming its holder.
+
+    The holder writes its name just after it took the lock, and a holder killed
+    outright leaves its name behind: a name is waited for (briefly) until it is
+    one of a live process, and the lock is retried meanwhile.
+    """
+    import fcntl
+
+    deadline = time.monotonic() + HOLDER_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        holder = _read_holder(fd)
+        if _plausible(holder) or time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
+    named = all(k in holder for k in ("pid", "host", "since"))
+    raise DirectoryLockedError(
+        f"Checkpoint directory {root} is being written by another "
+        f"process (pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, "
+        f"since {holder.get('since', '?')}); lock file {key}. Wait for it to "
+        "finish, stop it, or give this run its own directory."
+        + ("" if named else f" (It did not write its name within {HOLDER_WAIT_S:g} s.)")
+    )
+
+
+def _plausible(holder: dict) -> bool:
+    """Whether a holder record is complete and, on this host, names a live process."""
+    if not all(k in holder for k in ("pid", "host", "since")):
+        return False
+    if holder["host"] != socket.gethostname() or not isinstance(holder["pid"], int):
+        return True  # another host's process cannot be checked from here
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False  # the name a killed holder left: the new holder's comes next
+    except OSError:
+        pass
+    return True
+
+
 def _read_holder(fd: int) -> dict:
     try:
-        data = os.pread(fd, 4096, 0)
+        data = os.pread(fd, 4096, 0).strip()
         holder = json.loads(data.decode("utf-8")) if data else {}
         return holder if isinstance(holder, dict) else {}
     except (OSError, ValueError):
@@ -336,3 +397,152 @@ def _now() -> str:
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --- Writing inside a run: never through a link ---------------------------------------
+#
+# Every file keras_resume creates or writes in a run directory is opened with
+# O_NOFOLLOW (and O_CREAT | O_EXCL when it is new) and checked with fstat to be
+# a regular file with one name: a symbolic or hard link planted in the run
+# (`.lock` -> ~/.bashrc) is refused instead of truncated. Directories it
+# creates or enters must be real directories, not links. Failures name the
+# path and the fix as a `CheckpointDirectoryError`, never a bare OSError. The
+# run's own root is the one path taken as the user named it (it may be a link).
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a planted FIFO must not hang the open
+
+
+def open_new_file(path: str | os.PathLike) -> int:
+    """Creates `path`, which must not exist (not even as a link); returns a write fd."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
+    try:
+        return os.open(path, flags, 0o644)
+    except OSError as e:
+        raise writing_error(path, e) from None
+
+
+@contextlib.contextmanager
+def new_file(path: str | os.PathLike):
+    """`open(path, "xb")` that never follows a link: for files written in a run."""
+    with os.fdopen(open_new_file(path), "wb") as f:
+        yield f
+
+
+def write_new_file(path: str | os.PathLike, data: bytes | str) -> None:
+    """Writes a new file (text as UTF-8) through `new_file`."""
+    with new_file(path) as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def open_own_file(path: str | os.PathLike) -> int:
+    """Opens (creating it if missing) a file of the run for reading and writing.
+
+    Refuses a symbolic link, a hard link (a second name, maybe outside the run)
+    and anything that is not a regular file.
+    """
+    flags = os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC | _NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        raise writing_error(path, e) from None
+    try:
+        check_own_file(os.fstat(fd), path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_own_file(st: os.stat_result, path: str | os.PathLike) -> None:
+    """Raises `CheckpointDirectoryError` unless `st` is a regular file with one name."""
+    if stat.S_ISLNK(st.st_mode):
+        raise _linked(path, "is a symbolic link")
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointDirectoryError(
+            f"{path} is not a regular file, so keras_resume will not write it. Remove it "
+            f"(rm {path}): keras_resume recreates it."
+        )
+    if st.st_nlink != 1:
+        raise _linked(path, f"has {st.st_nlink} hard links (another name, maybe outside the run)")
+
+
+def _linked(path, what: str) -> CheckpointDirectoryError:
+    return CheckpointDirectoryError(
+        f"{path} {what}; keras_resume never writes through a link, which could change a "
+        f"file outside the run directory. Nothing was written. Check who put it there, "
+        f"remove it (rm {path}; keras_resume recreates its own files) and run again."
+    )
+
+
+def make_run_directory(root: str | os.PathLike) -> None:
+    """Creates the run's directory (and its parents) if missing; it must be a directory."""
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:  # exists, and is not a directory
+        raise writing_error(root, e) from None
+    except OSError as e:
+        raise writing_error(e.filename or root, e, root) from None
+
+
+def make_directory(path: str | os.PathLike, new: bool = False) -> None:
+    """Creates a directory inside the run; an existing one (unless `new`) must be real."""
+    try:
+        os.mkdir(path)
+        return
+    except FileExistsError as e:
+        if new:
+            raise writing_error(path, e) from None
+        error = e
+    except OSError as e:
+        raise writing_error(path, e) from None
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise _linked(path, "is a symbolic link") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise writing_error(path, error) from None
+
+
+def check_tree(path: Path) -> None:
+    """Raises `CheckpointDirectoryError` if anything under `path` is a link or not ours."""
+    for child in path.rglob("*"):
+        st = os.lstat(child)
+        if not stat.S_ISDIR(st.st_mode):
+            check_own_file(st, child)
+
+
+def writing_error(path, error: OSError, root=None) -> CheckpointDirectoryError:
+    """`error` (from creating or writing `path`) as a `CheckpointDirectoryError` with the fix."""
+    where = f"{path}" if root is None or str(root) == str(path) else f"{path} (for {root})"
+    code = error.errno
+    if code == errno.ELOOP or (code == errno.EEXIST and os.path.islink(path)):
+        return _linked(path, "is a symbolic link")
+    if code == errno.EROFS:
+        fix = (
+            "it is on a read-only filesystem. Give a checkpoint directory on a writable "
+            "filesystem, or remount this one read-write"
+        )
+    elif code in (errno.EACCES, errno.EPERM):
+        fix = (
+            "permission denied. Make it writable for this user (chmod u+w on the "
+            "directory), or give a checkpoint directory you can write"
+        )
+    elif code == errno.EEXIST:
+        fix = (
+            "it is a file, not a directory. Give a directory path (a new one is created), "
+            "or move the file away"
+        )
+    elif code == errno.ENOTDIR:
+        fix = (
+            "a part of the path is a file, not a directory. Give a directory path, or move "
+            "the file away"
+        )
+    elif code == errno.ENOSPC:
+        fix = "no space left on the device. Free some space, or give another directory"
+    else:
+        fix = f"{error.strerror or error}. Check the path, or give another checkpoint directory"
+    failure = CheckpointDirectoryError(f"Cannot write checkpoint directory {where}: {fix}.")
+    failure.errno = code
+    return failure

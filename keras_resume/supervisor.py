@@ -6,7 +6,10 @@ waits, and starts it again when it died of a signal (an out-of-memory kill, a
 SIGKILL) or exited with a retryable status, with exponential backoff, up to
 `--max-restarts` times. A SIGTERM or SIGINT sent to the supervisor is passed to
 the command (keras-resume then saves and exits with status 143) and ends the
-loop: nothing is restarted.
+loop: nothing is restarted; a command still running `--grace` seconds later is
+SIGKILLed. On Linux every command runs under a guard (`guard.py`, a child
+subreaper): whatever the command started, even with `setsid`, is killed when it
+ends or when the supervisor dies, even of SIGKILL.
 
     keras-resume run --max-restarts 5 -- python train.py --epochs 30
     python -m keras_resume.supervisor -- python train.py
@@ -37,6 +40,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 logger = logging.getLogger("keras_resume")
 
@@ -53,6 +57,9 @@ _PR_SET_PDEATHSIG = 1
 _LEFTOVER_WAIT_S = 10.0
 _POLL_S = 0.05  # how often a multi-process job's processes are checked
 DEFAULT_GRACE = 10.0
+# The process between the supervisor and each command (Linux): see guard.py.
+GUARD = Path(__file__).with_name("guard.py")
+_KILL_TREE = getattr(signal, "SIGUSR1", None)  # asks the guard to SIGKILL the command's tree
 COORDINATOR_HOST = "127.0.0.1"
 
 DESCRIPTION = """\
@@ -61,7 +68,10 @@ by itself: a script that uses keras_resume.FullStateResume continues from its
 newest backup. Restarts after death by a signal (an out-of-memory kill), exit
 status 137 or 143 (a SIGTERM save) and any other failure except 2, 126 and 127,
 with exponential backoff. A SIGTERM or SIGINT sent to this process is passed to
-the command, which saves and exits 143; nothing is restarted after it.
+the command, which saves and exits 143; nothing is restarted after it. A command
+still running --grace seconds later (default 10) is SIGKILLed with every process
+it started. On Linux each command runs under a small guard process, so nothing it
+started (even with setsid) outlives it, or a SIGKILLed supervisor.
 
 With --nprocs N, starts N copies of the command as one multi-process job (JAX on
 one host); when any of them fails, stops the others and restarts all N.
@@ -369,11 +379,12 @@ def _reap_orphans() -> None:
 def _child_setup(mask=None):
     """The function run in the child between fork and exec, or `None` off POSIX.
 
-    It puts the command in a process group of its own, so that a Ctrl-C in the
-    terminal reaches it once (through the supervisor) and what it leaves behind can
-    be found, and, on Linux, asks the kernel to SIGKILL it if the supervisor dies
-    (so even a SIGKILLed supervisor leaves no orphan). `mask`: the signal mask the
-    command gets, when the supervisor blocked signals while starting it.
+    It puts the child (the command's guard on Linux, else the command) in a process
+    group of its own, so that a Ctrl-C in the terminal reaches the command once
+    (through the supervisor) and what it leaves behind can be found, and, on Linux,
+    asks the kernel to SIGKILL the child if the supervisor dies before the guard
+    replaces that with its own cleanup (see guard.py). `mask`: the signal mask the
+    child gets, when the supervisor blocked signals while starting it.
     """
     if os.name != "posix":
         return None
@@ -397,6 +408,65 @@ def _child_setup(mask=None):
                 os._exit(128 + int(signal.SIGKILL))
 
     return setup
+
+
+def _use_guard() -> bool:
+    return sys.platform.startswith("linux") and bool(sys.executable) and GUARD.is_file()
+
+
+def _start_guarded(command: list[str], env: dict, setup, who: str):
+    """Starts `command` under its guard; `(None, Command)`, or `(why, None)` if it
+    could not start ("notfound", "permission" or "oserror MESSAGE")."""
+    read_end, write_end = os.pipe()
+    try:
+        argv = [sys.executable, "-I", "-S", str(GUARD), str(write_end), str(os.getpid()), who]
+        popen = subprocess.Popen(
+            [*argv, "--", *command], env=env, preexec_fn=setup, pass_fds=(write_end,)
+        )
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end) as report:
+        line = report.readline().strip()  # the guard writes it once the command started
+    if line.startswith("pid "):
+        return None, Command(popen, int(line[4:]), guarded=True)
+    popen.wait()
+    return line or f"oserror its guard ended with {describe_status(popen.returncode)}", None
+
+
+class Command:
+    """A started command, as the supervisor sees it: through its guard on Linux.
+
+    `pid` is the command's own; `group` its process group (the guard's pid when
+    guarded). Signals go through the guard, which passes them on; `kill_tree`
+    SIGKILLs the command and every process it started.
+    """
+
+    def __init__(self, popen: subprocess.Popen, pid: int, guarded: bool):
+        self.popen, self.pid, self.guarded = popen, pid, guarded
+        self.group = popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.popen.wait(timeout)
+
+    def send_signal(self, signum: int) -> None:
+        if self.popen.returncode is None:
+            _send(self.popen.pid, signum)
+
+    def kill_tree(self) -> None:
+        if self.guarded and self.popen.poll() is None:
+            _send(self.popen.pid, _KILL_TREE)
+        else:
+            try:
+                os.killpg(self.group, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, AttributeError):
+                pass
 
 
 @dataclass
@@ -429,6 +499,13 @@ class Supervisor:
             `"2,126,127"`.
         env: extra environment variables for the command. Each run also gets
             `KERAS_RESUME_ATTEMPT` (1, 2, ...). Defaults to `None`.
+        grace: seconds the command may take to exit after a SIGTERM or SIGINT was
+            passed on to it, before it and every process it started are SIGKILLed.
+            Defaults to `10.0`.
+
+    On Linux every command runs under a small guard process (`guard.py`), a child
+    subreaper: when the command ends, or the supervisor dies (even of SIGKILL),
+    every process the command started is killed, also one that called `setsid`.
     """
 
     command: list[str]
@@ -438,6 +515,7 @@ class Supervisor:
     retry_on: StatusSet | str = DEFAULT_RETRY_ON
     no_retry_on: StatusSet | str = DEFAULT_NO_RETRY_ON
     env: dict[str, str] | None = None
+    grace: float = DEFAULT_GRACE
     attempts: list[Attempt] = field(default_factory=list, init=False)
     stop_signal: int | None = field(default=None, init=False)
 
@@ -452,8 +530,11 @@ class Supervisor:
             self.retry_on = StatusSet(self.retry_on, "--retry-on")
         if isinstance(self.no_retry_on, str):
             self.no_retry_on = StatusSet(self.no_retry_on, "--no-retry-on")
-        self._procs: list[subprocess.Popen] = []  # the current attempt's, by process id
+        if not self.grace >= 0:
+            raise ValueError(f"--grace {self.grace}: give 0 or more seconds")
+        self._procs: list[Command] = []  # the current attempt's, by process id
         self._pending: list[int] = []  # signals not yet passed on
+        self._stopped_at: float | None = None  # time.monotonic() of the stop signal
 
     def delay(self, restart: int) -> float:
         """Seconds to wait before restart number `restart` (1 for the first)."""
@@ -573,7 +654,7 @@ class Supervisor:
             shlex.join(self.command),
         )
         self._forward()  # a signal that came while the command was being started
-        status = proc.wait()
+        status = self._wait(proc)
         attempt.ended, attempt.status = time.time(), status
         logger.info(
             "%s: attempt %d ended at %s after %.1f s with %s",
@@ -583,14 +664,37 @@ class Supervisor:
             attempt.duration,
             describe_status(status),
         )
-        self._kill_leftovers(proc.pid)
+        self._kill_leftovers(proc.group)
         return status
 
-    def _spawn(self, env: dict[str, str], setup, prefix: str = "") -> subprocess.Popen | int:
-        """Starts the command; on failure says why and returns 127 or 126."""
+    def _wait(self, proc: Command) -> int:
+        """Waits for the command; `grace` s after a stop signal, SIGKILLs its tree."""
+        killed = False
+        while True:
+            try:
+                return proc.wait(timeout=_POLL_S * 4)
+            except subprocess.TimeoutExpired:
+                pass
+            stopped = self._stopped_at
+            if not killed and stopped is not None and time.monotonic() >= stopped + self.grace:
+                self._kill_stragglers([proc], _signal_name(self.stop_signal))
+                killed = True
+
+    def _spawn(self, env: dict[str, str], setup, prefix: str = "", who: str = "the command"):
+        """Starts the command (a `Command`); on failure says why and returns 127 or 126."""
         program = self.command[0]
         try:
-            return subprocess.Popen(self.command, env=env, preexec_fn=setup)
+            if not _use_guard():
+                popen = subprocess.Popen(self.command, env=env, preexec_fn=setup)
+                return Command(popen, popen.pid, guarded=False)
+            failure, started = _start_guarded(self.command, env, setup, who)
+            if failure is None:
+                return started
+            if failure == "notfound":
+                raise FileNotFoundError(program)
+            if failure == "permission":
+                raise PermissionError(program)
+            raise OSError(failure.partition(" ")[2] or failure)
         except FileNotFoundError:
             _say(
                 f"{prefix}command not found: '{program}' (no such file, and not on PATH); "
@@ -608,7 +712,7 @@ class Supervisor:
             _say(f"{prefix}cannot execute '{program}': {e}; check that it is a program")
             return 126
 
-    def _running(self) -> list[subprocess.Popen]:
+    def _running(self) -> list[Command]:
         # returncode, not poll(): this runs in signal handlers too.
         return [proc for proc in self._procs if proc.returncode is None]
 
@@ -617,12 +721,12 @@ class Supervisor:
         running = [proc for proc in self._procs if proc.poll() is None]
         for proc in running:
             logger.error("%s: killing %s (pid %d) on the way out", PROG, self._who(proc), proc.pid)
-            self._kill_group(proc.pid)
+            proc.kill_tree()
         for proc in running:
             proc.wait()
-            self._kill_leftovers(proc.pid)
+            self._kill_leftovers(proc.group)
 
-    def _who(self, proc: subprocess.Popen) -> str:
+    def _who(self, proc: Command) -> str:
         return "the command"
 
     # --- signals ---
@@ -639,6 +743,7 @@ class Supervisor:
         first = self.stop_signal is None
         if first:
             self.stop_signal = signum
+            self._stopped_at = time.monotonic()
         self._pending.append(signum)
         running = self._running()
         if running:
@@ -648,10 +753,10 @@ class Supervisor:
             _say(f"got {_signal_name(signum)}; stopping, no restart")
         self._forward()
 
-    def _passing_on(self, running: list[subprocess.Popen]) -> str:
+    def _passing_on(self, running: list[Command]) -> str:
         return (
-            f"passing it to the command (pid {running[0].pid}) and waiting for it to exit; "
-            "it will not be restarted"
+            f"passing it to the command (pid {running[0].pid}), which gets {self.grace:g} s "
+            "(--grace) to exit before SIGKILL; it will not be restarted"
         )
 
     def _forward(self) -> None:
@@ -662,7 +767,7 @@ class Supervisor:
         while self._pending:
             signum = self._pending.pop(0)
             for proc in running:
-                _send(proc.pid, signum)
+                proc.send_signal(signum)
 
     # --- what the command leaves behind ---
 
@@ -671,6 +776,15 @@ class Supervisor:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError, AttributeError):
             pass
+
+    def _kill_stragglers(self, running: list[Command], after: str = "SIGTERM") -> None:
+        for proc in running:
+            _say(
+                f"{self._who(proc)} (pid {proc.pid}) still running {self.grace:g} s after "
+                f"{after} (--grace {self.grace:g}); killing it and every process it started "
+                "(SIGKILL)"
+            )
+            proc.kill_tree()
 
     def _kill_leftovers(self, pgid: int, who: str = "the command") -> None:
         """Kills what the command left running in its process group (its orphans).
@@ -747,15 +861,12 @@ class Launcher(Supervisor):
 
     nprocs: int = 2
     coordinator_port: int | None = None
-    grace: float = DEFAULT_GRACE
 
     def __post_init__(self):
         super().__post_init__()
         check_nprocs(self.nprocs)
         if self.coordinator_port is not None:
             check_port(self.coordinator_port)
-        if not self.grace >= 0:
-            raise ValueError(f"--grace {self.grace}: give 0 or more seconds")
         self._ended_ids: set[int] = set()
 
     def _attempt_env(self, number: int, process_id: int = 0, coordinator: str = "") -> dict:
@@ -787,7 +898,7 @@ class Launcher(Supervisor):
         attempt.ended = time.time()
         attempt.process, attempt.status = first if first is not None else (None, 0)
         for i, proc in enumerate(self._procs):
-            self._kill_leftovers(proc.pid, who=f"[process {i}]")
+            self._kill_leftovers(proc.group, who=f"[process {i}]")
         return attempt.status
 
     def _start_all(self, number: int, coordinator: str) -> tuple[int, int] | None:
@@ -798,7 +909,8 @@ class Launcher(Supervisor):
         try:
             for i in range(self.nprocs):
                 env = self._attempt_env(number, i, coordinator)
-                proc = self._spawn(env, _child_setup(mask), prefix=f"[process {i}] ")
+                who = f"[process {i}]"
+                proc = self._spawn(env, _child_setup(mask), prefix=f"{who} ", who=who)
                 if isinstance(proc, int):
                     return i, proc
                 self._procs.append(proc)
@@ -859,16 +971,8 @@ class Launcher(Supervisor):
         what = "ended with {}" if started else "could not start: {}"
         _say(f"[process {process_id}] {what.format(describe_status(status))}; {others}{then}")
         for proc in running:
-            _send(proc.pid, signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
         return time.monotonic() + self.grace
-
-    def _kill_stragglers(self, running: list[subprocess.Popen]) -> None:
-        for proc in running:
-            _say(
-                f"{self._who(proc)} (pid {proc.pid}) still running {self.grace:g} s after "
-                f"SIGTERM (--grace {self.grace:g}); killing its process group (SIGKILL)"
-            )
-            self._kill_group(proc.pid)
 
     def _report_last(self, why: str) -> None:
         pass  # _stop_the_rest said it when the process failed
@@ -882,10 +986,10 @@ class Launcher(Supervisor):
             return f"the job ended with {describe_status(status)}"
         return f"[process {process}] ended first, with {describe_status(status)},"
 
-    def _who(self, proc: subprocess.Popen) -> str:
+    def _who(self, proc: Command) -> str:
         return f"[process {self._procs.index(proc)}]"
 
-    def _passing_on(self, running: list[subprocess.Popen]) -> str:
+    def _passing_on(self, running: list[Command]) -> str:
         pids = ", ".join(f"{self._who(proc)} pid {proc.pid}" for proc in running)
         return (
             f"passing it to {len(running)} process(es) ({pids}), which get {self.grace:g} s "
@@ -1014,9 +1118,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_non_negative(float),
         default=None,
         metavar="SECONDS",
-        help=f"with --nprocs: how long a process may take to exit after SIGTERM before "
-        f"SIGKILL, when another failed or this launcher got SIGTERM; make it longer than a "
-        f"checkpoint save (default: {DEFAULT_GRACE:g})",
+        help=f"how long the command may take to exit after this supervisor passed it a "
+        f"SIGTERM or SIGINT (with --nprocs: also after another process failed) before it "
+        f"and every process it started get SIGKILL; make it longer than a checkpoint "
+        f"save (default: {DEFAULT_GRACE:g})",
     )
     parser.add_argument(
         "training_command",  # not "command": a CLI's subcommand dest is often called that
@@ -1073,10 +1178,7 @@ def run_command(args: argparse.Namespace) -> int:
     nprocs = getattr(args, "nprocs", None)
     job_options = [
         name
-        for name, value in (
-            ("--coordinator-port", getattr(args, "coordinator_port", None)),
-            ("--grace", getattr(args, "grace", None)),
-        )
+        for name, value in (("--coordinator-port", getattr(args, "coordinator_port", None)),)
         if value is not None
     ]
     if nprocs is None and job_options:
@@ -1087,7 +1189,9 @@ def run_command(args: argparse.Namespace) -> int:
             f"(e.g. --nprocs 2), or leave {named} out\n"
         )
         return 2
+    grace = getattr(args, "grace", None)
     options = dict(
+        grace=DEFAULT_GRACE if grace is None else grace,
         max_restarts=args.max_restarts,
         backoff=args.backoff,
         max_backoff=args.max_backoff,
@@ -1101,10 +1205,7 @@ def run_command(args: argparse.Namespace) -> int:
         port = args.coordinator_port or free_port()
         env = distribution_env(f"{COORDINATOR_HOST}:{port}", 1, 0)
         return Supervisor(command, env=env, **options).run()
-    grace = DEFAULT_GRACE if args.grace is None else args.grace
-    launcher = Launcher(
-        command, nprocs=nprocs, coordinator_port=args.coordinator_port, grace=grace, **options
-    )
+    launcher = Launcher(command, nprocs=nprocs, coordinator_port=args.coordinator_port, **options)
     return launcher.run()
 
 

@@ -204,7 +204,7 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_grace(job):
     ) in stderr
     assert (
         f"[process 0] (pid {stubborn}) still running 1 s after SIGTERM (--grace 1); "
-        "killing its process group (SIGKILL)"
+        "killing it and every process it started (SIGKILL)"
     ) in stderr
     assert took < 15  # the grace, not the child's 60 s sleep
 
@@ -222,7 +222,7 @@ def test_sigterm_to_the_launcher_reaches_every_process_and_restarts_nothing(job)
     assert "got SIGTERM; passing it to 2 process(es)" in stderr
     assert re.search(r"\[process [01]\] ended first, with exit status 143", stderr)
     assert "after SIGTERM; not restarting" in stderr
-    assert "killing its process group" not in stderr  # both exited within the grace
+    assert "killing it and every process" not in stderr  # both exited within the grace
     assert "exiting with status 143 after 1 attempt(s)" in stderr
 
 

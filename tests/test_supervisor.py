@@ -256,7 +256,7 @@ def test_processes_left_behind_by_a_crashed_command_are_killed(tmp_path):
     assert proc.returncode == 128 + signal.SIGKILL, proc.stderr
     worker = int((tmp_path / "worker.pid").read_text())
     assert not alive(worker)
-    assert "killing 1 process(es) the command left running in its process group" in proc.stderr
+    assert "killing 1 process(es) the command left running" in proc.stderr
     assert f"(pids {worker})" in proc.stderr
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_resume import storage
 from keras_resume.errors import CheckpointCorruptError
 
 STATE_FILE = "state.json"
@@ -35,10 +36,10 @@ class StateBundle:
 
     def write(self, directory: Path) -> list[str]:
         """Writes the bundle's files into `directory`; returns their names."""
-        (directory / STATE_FILE).write_text(
-            json.dumps(self.meta, indent=1, sort_keys=True), encoding="utf-8"
+        storage.write_new_file(
+            directory / STATE_FILE, json.dumps(self.meta, indent=1, sort_keys=True)
         )
-        with open(directory / ARRAYS_FILE, "wb") as f:
+        with storage.new_file(directory / ARRAYS_FILE) as f:
             np.savez(f, **self.arrays)
         return [STATE_FILE, ARRAYS_FILE]
 
