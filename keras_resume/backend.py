@@ -12,6 +12,9 @@ import sys
 import keras
 import numpy as np
 
+# BestCheckpoint's base class (Keras 3.11 and later): the monitor, mode and best value.
+from keras.src.callbacks.monitor_callback import MonitorCallback  # noqa: F401
+
 from keras_resume.errors import CheckpointCorruptError
 
 
@@ -876,17 +879,35 @@ def seed_generators(model) -> list[tuple[str, object]]:
     Includes each layer's generators (Dropout, random augmentation, ...) and
     Keras's global generator, which unseeded `keras.random` calls use.
     """
-    from keras.src.backend.common import global_state
-    from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
-
     found = []
     for layer in model._flatten_layers(include_self=True, recursive=True):
         for i, generator in enumerate(getattr(layer, "_seed_generators", [])):
             found.append((f"{layer.name}/seed_generator_{i}", generator))
-    global_generator = global_state.get_global_attribute(GLOBAL_SEED_GENERATOR)
+    global_generator = existing_global_seed_generator()
     if global_generator is not None:
         found.append((GLOBAL_SEED_GENERATOR_NAME, global_generator))
     return found
+
+
+def existing_global_seed_generator():
+    """Keras's global `SeedGenerator` if unseeded `keras.random` calls made it, else None.
+
+    `keras.random`'s `global_seed_generator()` makes one when there is none; this
+    only looks. Keras keeps it in its global state under "global_seed_generator"
+    (the constant `GLOBAL_SEED_GENERATOR` names the key from Keras 3.13 on).
+    """
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+
+    key = getattr(seed_generator, "GLOBAL_SEED_GENERATOR", "global_seed_generator")
+    return global_state.get_global_attribute(key)
+
+
+def global_seed_generator():
+    """Keras's global `SeedGenerator`, made now if no unseeded `keras.random` call made it."""
+    from keras.src.random.seed_generator import global_seed_generator as get
+
+    return get()
 
 
 # --- Distribution strategies -------------------------------------------------------
@@ -923,6 +944,24 @@ def check_strategy(model=None) -> None:
             "keras.distribution.set_distribution(keras.distribution.DataParallel(...)), "
             "launched with `keras-resume run --nprocs N`."
         )
+
+
+# --- Callbacks -------------------------------------------------------------------
+
+
+def monitor_mode(callback) -> str:
+    """Which way a `MonitorCallback`'s comparison (`monitor_op`) goes: "min" or "max"."""
+    from keras.src import ops
+
+    return "min" if callback.monitor_op is ops.less else "max"
+
+
+def print_msg(message: str) -> None:
+    """Prints as Keras's callbacks do: to stdout, or to absl logging when Keras's
+    interactive logging is off (`keras.config.disable_interactive_logging()`)."""
+    from keras.src.utils import io_utils
+
+    io_utils.print_msg(message)
 
 
 # --- The training loop inside model.fit --------------------------------------------

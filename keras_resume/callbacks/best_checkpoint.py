@@ -6,10 +6,6 @@ import logging
 import math
 import warnings
 
-from keras.src import ops
-from keras.src.callbacks.monitor_callback import MonitorCallback
-from keras.src.utils import io_utils
-
 from keras_resume import backend
 from keras_resume import manifest as mf
 from keras_resume.callbacks.session import SessionCallback, check_positive_int
@@ -17,7 +13,7 @@ from keras_resume.callbacks.session import SessionCallback, check_positive_int
 logger = logging.getLogger("keras_resume")
 
 
-class BestCheckpoint(SessionCallback, MonitorCallback):
+class BestCheckpoint(SessionCallback, backend.MonitorCallback):
     """Saves the model whenever the monitored metric improves; remembers the best.
 
     Like `keras.callbacks.ModelCheckpoint(save_best_only=True)`, but the best
@@ -121,7 +117,7 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
             "epoch_complete": True,
             "global_step": backend.read_int(self.model.optimizer.iterations),
         }
-        mode = "min" if self.monitor_op is ops.less else "max"
+        mode = backend.monitor_mode(self)
         monitor = self.monitor
         logs = mf.json_safe_logs(logs)
 
@@ -147,7 +143,7 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
                 f"{current:.5f}; saved {entry['dir']}"
             )
             if self.verbose:
-                io_utils.print_msg(f"\n{message} in {self.ckpt.location}")
+                backend.print_msg(f"\n{message} in {self.ckpt.location}")
             logger.info("%s in %s", message, self.ckpt.location)
 
         # The next epoch compares with this value; a failed save puts back the

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import warnings
 
-from keras.src.utils import io_utils
-
 from keras_resume import backend, processes
 from keras_resume import manifest as mf
 from keras_resume.callbacks.session import SessionCallback
@@ -290,7 +288,7 @@ class FullStateResume(SessionCallback):
             message = f"Resumed {where} at the start of epoch {epoch + 1}"
         message += f" (from {entry['dir']})"
         if self.verbose:
-            io_utils.print_msg(message)
+            backend.print_msg(message)
         logger.info(message)
 
 

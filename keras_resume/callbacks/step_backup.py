@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from keras.src.utils import io_utils
-
 from keras_resume import backend
 from keras_resume import manifest as mf
 from keras_resume.callbacks.session import SessionCallback, check_positive_int
@@ -239,5 +237,5 @@ class StepBackup(SessionCallback):
             return
         message = f"Saved backup {entry['dir']} at {where} {epoch + 1}"
         if self.verbose:
-            io_utils.print_msg(f"\n{message} to {self.ckpt.location}")
+            backend.print_msg(f"\n{message} to {self.ckpt.location}")
         logger.info("%s to %s", message, self.ckpt.location)

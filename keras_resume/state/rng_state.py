@@ -73,9 +73,7 @@ def restore_seed_generators(model, bundle: StateBundle) -> list[str]:
         return [f"{len(saved_layer)} layer SeedGenerators saved, model has {len(live_layer)}"]
     pairs = list(zip(live_layer, saved_layer))
     if saved_global:
-        from keras.src.random.seed_generator import global_seed_generator
-
-        pairs.append((global_seed_generator(), saved_global[0]))
+        pairs.append((backend.global_seed_generator(), saved_global[0]))
     unmatched = []
     for generator, value in pairs:
         if tuple(generator.state.shape) != value.shape:
