@@ -6,8 +6,11 @@ The rest of keras_resume calls only these functions. Supporting another backend
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import sys
+import threading
 
 import keras
 import numpy as np
@@ -410,6 +413,7 @@ def _stores():
     return saving_lib
 
 
+@functools.cache  # one class: `_recording_optimizers` recognises its instances
 def _snapshot_store_class():
     saving_lib = _stores()
 
@@ -418,6 +422,7 @@ def _snapshot_store_class():
 
         def __init__(self, take):  # no file: nothing of H5IOStore's is used
             self.entries: list = []
+            self.optimizers: list = []  # [(path, optimizer)], see _recording_optimizers
             self.mode = "w"
             self.take = take  # take(path, key, value): what to record, or _SKIP
 
@@ -425,6 +430,7 @@ def _snapshot_store_class():
             return True
 
         def make(self, path, metadata=None):
+            self.current_path = path
             self._current = (path, dict(metadata) if metadata else None, {})
             self.entries.append(self._current)
             return self
@@ -448,26 +454,6 @@ def _snapshot_store_class():
             pass
 
     return SnapshotStore
-
-
-def _stock_optimizer_path(model) -> tuple[str, object] | None:
-    """Where `model.optimizer` sits in the file, if it saves itself the stock way.
-
-    Keras's optimizer writes `store[str(i)] = variable.numpy()`: a copy we would
-    copy again. For the stock method we record its variables ourselves instead.
-    """
-    from keras.src.optimizers.base_optimizer import BaseOptimizer
-
-    optimizer = getattr(model, "optimizer", None)
-    if (
-        not isinstance(optimizer, BaseOptimizer)
-        or type(optimizer).save_own_variables is not BaseOptimizer.save_own_variables
-    ):
-        return None
-    for attr, child in _stores()._walk_saveable(model):
-        if child is optimizer:
-            return attr, optimizer
-    return None
 
 
 def sync_state(model) -> None:
@@ -508,26 +494,111 @@ def snapshot_weights(
             return _shards(value, lambda i, data: copy_into(buffers, (path, key, i), data))
         return copy_into(buffers, (path, key), value)
 
-    return _walk_weights(model, take)
+    return _walk_weights(model, take).entries
 
 
-def _walk_weights(model, take) -> list[tuple]:
-    """Runs `save_weights`' walk over `model`, recording `take(path, key, value)`."""
+def _walk_weights(model, take):
+    """Runs `save_weights`' own walk over `model`, recording `take(path, key, value)`.
+
+    Returns the store: its `entries` (`[(path, metadata, {key: taken})]`, the
+    groups of the `.weights.h5` file, in the walk's order) and its
+    `optimizers` (`[(path, optimizer)]`, every optimizer the walk met).
+    """
     sync_state(model)
     saving_lib = _stores()
     store = _snapshot_store_class()(take)
-    skip = set()
-    stock = _stock_optimizer_path(model)
-    if stock is not None:
-        path, optimizer = stock
-        skip.add(id(optimizer))
-        store.make(path, metadata={"name": optimizer.name})
-        for i, variable in enumerate(optimizer.variables):
-            store[str(i)] = variable
-    saving_lib._save_state(
-        model, weights_store=store, assets_store=None, inner_path="", visited_saveables=skip
-    )
-    return store.entries
+    with _recording_optimizers():
+        saving_lib._save_state(
+            model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set()
+        )
+    return store
+
+
+_RECORDING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _recording_optimizers():
+    """Makes Keras's stock `BaseOptimizer.save_own_variables` hand our store its variables.
+
+    The stock method writes `store[str(i)] = variable.numpy()` for each of
+    `optimizer.variables`: a host copy on the training thread that a snapshot
+    would copy again, a device-to-host transfer that a device snapshot avoids,
+    and for a variable sharded across processes a read that fails. For the
+    `SnapshotStore` alone it gives the variables themselves, under the same
+    keys, and records the optimizer and its path; any other store (a
+    `save_weights` on another thread meanwhile) gets the stock method. Every
+    optimizer the walk reaches (`model.optimizer`, a LossScaleOptimizer's
+    `inner_optimizer`, optimizers kept as attributes of a custom model) is
+    saved where `save_weights` saves it.
+    """
+    from keras.src.optimizers.base_optimizer import BaseOptimizer
+
+    snapshot_store = _snapshot_store_class()
+    with _RECORDING_LOCK:
+        stock = BaseOptimizer.__dict__["save_own_variables"]
+
+        def save_own_variables(self, store):
+            if not isinstance(store, snapshot_store):
+                return stock(self, store)
+            store.optimizers.append((store.current_path, self))
+            for i, variable in enumerate(self.variables):
+                store[str(i)] = variable
+
+        BaseOptimizer.save_own_variables = save_own_variables
+        try:
+            yield
+        finally:
+            BaseOptimizer.save_own_variables = stock
+
+
+def optimizers(model) -> list[tuple[str, object]]:
+    """`[(path, optimizer)]`: every optimizer `save_weights` saves, where it saves it.
+
+    `path` is the optimizer's group in the `.weights.h5` file (`optimizer`,
+    `optimizer/inner_optimizer`, `d_optimizer`, ...).
+    """
+    return _walk_weights(model, lambda path, key, value: _SKIP).optimizers
+
+
+def built_on(optimizer) -> list | None:
+    """The variables `optimizer` was built on (`optimizer.build(variables)`); None if unbuilt."""
+    if not getattr(optimizer, "built", False):
+        return None
+    return list(getattr(optimizer, "_trainable_variables", []))
+
+
+def build_optimizer(optimizer, variables) -> None:
+    """Builds `optimizer` on exactly `variables`, as its first `apply` would.
+
+    In the optimizer's name scope, as `apply` builds it: the variables get the
+    paths of the original run's (a LossScaleOptimizer's inner optimizer's
+    variables are `loss_scale_optimizer/adam/...`). Where `fit` builds the
+    optimizer before any callback runs (`_symbolic_build`: JAX, PyTorch, a
+    `tf.distribute` strategy), it is built already and this is not called.
+    """
+    from keras.src.backend.common.name_scope import name_scope
+
+    with name_scope(optimizer.name, caller=optimizer):
+        optimizer.build(list(variables))
+
+
+def applied_steps(model) -> int:
+    """How many times `model.optimizer` was applied: the batches it trained on.
+
+    `optimizer.iterations` counts updates, not batches, with
+    `gradient_accumulation_steps` (it is then a computed tensor); the raw
+    counter below it counts every `apply`. A LossScaleOptimizer counts in its
+    inner optimizer.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    while hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
+    counter = getattr(optimizer, "_iterations", None)
+    if not isinstance(counter, keras.Variable):
+        return 0
+    sync_state(model)
+    return read_int(counter)
 
 
 def weight_targets(model) -> dict:
@@ -535,7 +606,7 @@ def weight_targets(model) -> dict:
 
     A layer that saves a computed array instead of a variable gives that array.
     """
-    entries = _walk_weights(model, lambda path, key, value: value)
+    entries = _walk_weights(model, lambda path, key, value: value).entries
     return {(path, key): value for path, _, values in entries for key, value in values.items()}
 
 

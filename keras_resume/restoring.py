@@ -46,8 +46,9 @@ def load_into_model(model, ckpt: CheckpointDirectory, loaded: LoadedCheckpoint):
     """
     entry, bundle = loaded.entry, loaded.bundle
     where = str(ckpt.checkpoint_path(entry))
-    model_state.ensure_built(model, where)
-    model_state.check_compatible(ckpt.fingerprint_of(entry), model, where)
+    saved = ckpt.fingerprint_of(entry)
+    model_state.ensure_built(model, saved, where)
+    model_state.check_compatible(saved, model, where)
     if bundle is not None:
         schema.check_bundle(bundle, ckpt.checkpoint_path(entry))
     model_state.assign_weights(model, loaded.weights)

@@ -119,7 +119,7 @@ class BestCheckpoint(SessionCallback, MonitorCallback):
             "epoch": epoch,
             "step_in_epoch": int(self.params.get("steps") or 0),
             "epoch_complete": True,
-            "global_step": backend.read_int(self.model.optimizer.iterations),
+            "global_step": self.session.global_step,
         }
         mode = "min" if self.monitor_op is ops.less else "max"
         monitor = self.monitor
