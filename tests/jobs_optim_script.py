@@ -91,6 +91,12 @@ class GAN(keras.Model):
     def metrics(self):
         return [self.d_loss_metric, self.g_loss_metric]
 
+    def call(self, x):
+        # Never called by the job. PyTorch's (and JAX's) `fit` builds the model
+        # symbolically, through `call`; TensorFlow's does not, and the model
+        # stays unbuilt (`model.built` False) there.
+        return self.discriminator(x)
+
     def _noise(self, batch_size):
         return keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
 
@@ -220,7 +226,8 @@ def run_job(name, directory: Path, kill: bool) -> None:
     ckpt = kr.CheckpointDirectory(directory / "run")
     callbacks = [
         kr.FullStateResume(ckpt),
-        kr.StepBackup(ckpt, every_n_steps=EVERY, keep=2),
+        # In the foreground: the backup at step 9 is on disk before the kill at 11.
+        kr.StepBackup(ckpt, every_n_steps=EVERY, keep=2, background=False),
         kr.RngCapture(ckpt),
     ]
     if kill:
@@ -244,14 +251,19 @@ def run_job(name, directory: Path, kill: bool) -> None:
         if model.built:
             model.load_weights(newest / "model.weights.h5")
     result = {
-        "fit_warnings": [str(w.message) for w in fit_warnings],
-        "load_warnings": [str(w.message) for w in load_warnings],
+        "fit_warnings": _messages(fit_warnings),
+        "load_warnings": _messages(load_warnings),
         "backup": str(newest / "model.weights.h5"),
         "optimizers": [[p, type(o).__name__] for p, o in backend.optimizers(model)],
         "global_steps": [c["global_step"] for c in ckpt.read_manifest()["checkpoints"]],
     }
     (directory / "result.json").write_text(json.dumps(result), encoding="utf-8")
     keras.mixed_precision.set_dtype_policy("float32")
+
+
+def _messages(caught) -> list[str]:
+    # numpy's DeprecationWarnings about JAX's and torch's `__array__` are noise here.
+    return [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)]
 
 
 def main(argv):
