@@ -19,18 +19,27 @@ and it is not tested here.
 """
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
+import keras
 import numpy as np
 import pytest
 
+import keras_resume as kr
 from keras_resume.directory import CheckpointDirectory
-from tests.conftest import BACKENDS, SUBPROCESS_TIMEOUT, script_env
+from keras_resume.errors import CheckpointMismatchError
+from tests.conftest import (
+    BACKENDS,
+    SUBPROCESS_TIMEOUT,
+    all_variables,
+    script_env,
+    tiny_data,
+    tiny_model,
+)
 from tests.jobs_optim_script import GAN_BACKENDS, JOBS
-
-import subprocess
-import sys
 
 SCRIPT = Path(__file__).parent / "jobs_optim_script.py"
 # TensorFlow runs every job; JAX and PyTorch leave out `accum` (its
@@ -159,3 +168,44 @@ def test_gan_checkpoint_records_each_optimizer_and_what_it_was_built_on(
         # super().compile()'s default RMSprop is never used, and was never built:
         # the restore did not build it either (else the fingerprints would differ).
         assert by_path["optimizer"]["built"] is False
+
+
+# --- In this process (its backend), no subprocess ------------------------------------
+
+
+def _trained(tmp_path, optimizer="adam"):
+    model = tiny_model(optimizer=optimizer)
+    x, y = tiny_data(16)
+    keras.utils.set_random_seed(0)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[kr.StepBackup(tmp_path / "run")])
+    return model
+
+
+def test_checkpoint_without_optimizer_records_still_restores(tmp_path):
+    """A backup written before the fingerprint listed its optimizers restores as before."""
+    model = _trained(tmp_path)
+    ckpt = CheckpointDirectory(tmp_path / "run")
+
+    def drop_records(manifest):
+        for fp in manifest["fingerprints"].values():
+            fp.pop("optimizers")
+
+    ckpt.update_manifest(drop_records)
+    fresh = tiny_model()  # its optimizer is not built: built on the trainable variables
+    kr.restore(fresh, ckpt)
+    assert all_variables(fresh) and all(
+        np.array_equal(a, b) for a, b in zip(all_variables(fresh), all_variables(model))
+    )
+    assert len(all_variables(fresh)) == len(all_variables(model))
+
+
+def test_restore_names_an_optimizer_the_model_lacks(tmp_path):
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        _trained(tmp_path)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    plain = tiny_model()
+    plain.optimizer.build(plain.trainable_variables)
+    with pytest.raises(CheckpointMismatchError, match="optimizer 'optimizer/inner_optimizer'"):
+        kr.restore(plain, tmp_path / "run")
