@@ -130,7 +130,9 @@ class GAN(keras.Model):
         self.d_optimizer.apply_gradients(zip(grads, self.discriminator.trainable_weights))
         misleading = tf.zeros((batch_size, 1))
         with tf.GradientTape() as tape:
-            g_loss = self.loss_fn(misleading, self.discriminator(self.generator(self._noise(batch_size))))
+            g_loss = self.loss_fn(
+                misleading, self.discriminator(self.generator(self._noise(batch_size)))
+            )
         grads = tape.gradient(g_loss, self.generator.trainable_weights)
         self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_weights))
         return d_loss, g_loss
@@ -152,7 +154,9 @@ class GAN(keras.Model):
             self.d_optimizer.apply(grads, self.discriminator.trainable_weights)
         misleading = torch.zeros((batch_size, 1))
         self.zero_grad()
-        g_loss = self.loss_fn(misleading, self.discriminator(self.generator(self._noise(batch_size))))
+        g_loss = self.loss_fn(
+            misleading, self.discriminator(self.generator(self._noise(batch_size)))
+        )
         g_loss.backward()
         grads = [v.value.grad for v in self.generator.trainable_weights]
         with torch.no_grad():

@@ -46,9 +46,7 @@ SCRIPT = Path(__file__).parent / "jobs_optim_script.py"
 # accumulation is in `accum_ema` too), to keep the suite's CPU time down.
 JOBS_OF = {
     b: tuple(
-        j
-        for j in JOBS
-        if (j != "gan" or b in GAN_BACKENDS) and (j != "accum" or b == "tensorflow")
+        j for j in JOBS if (j != "gan" or b in GAN_BACKENDS) and (j != "accum" or b == "tensorflow")
     )
     for b in BACKENDS
 }
@@ -64,7 +62,9 @@ def _run(backend, args, killed):
         timeout=SUBPROCESS_TIMEOUT,
     )
     if killed:
-        assert proc.returncode == -9, f"expected SIGKILL, got {proc.returncode}\n{proc.stderr[-4000:]}"
+        assert proc.returncode == -9, (
+            f"expected SIGKILL, got {proc.returncode}\n{proc.stderr[-4000:]}"
+        )
     else:
         assert proc.returncode == 0, f"job script failed:\n{proc.stderr[-4000:]}"
 
@@ -146,7 +146,10 @@ def test_backup_file_has_the_structure_save_weights_writes(tmp_path_factory, bac
         assert backup == _names(root / name / "saved.weights.h5")
         if job == "mixed":
             assert "optimizer/inner_optimizer/vars" in backup
-            assert [p for p, _ in result["optimizers"]] == ["optimizer", "optimizer/inner_optimizer"]
+            assert [p for p, _ in result["optimizers"]] == [
+                "optimizer",
+                "optimizer/inner_optimizer",
+            ]
         assert result["load_warnings"] == []  # model.load_weights(backup file) warns nothing
 
 

@@ -10,7 +10,6 @@ from keras.src import ops
 from keras.src.callbacks.monitor_callback import MonitorCallback
 from keras.src.utils import io_utils
 
-from keras_resume import backend
 from keras_resume import manifest as mf
 from keras_resume.callbacks.session import SessionCallback, check_positive_int
 

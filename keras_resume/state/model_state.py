@@ -142,16 +142,15 @@ def _optimizer_differences(saved: list, live: list) -> list[str]:
     for record in saved:
         path, found = record["path"], live_by_path.get(record["path"])
         if found is None:
-            out.append(
-                f"optimizer {path!r} ({record['class']}): the model has no optimizer there"
-            )
+            out.append(f"optimizer {path!r} ({record['class']}): the model has no optimizer there")
         elif found["class"] != record["class"]:
             out.append(
-                f"optimizer {path!r}: checkpoint has {record['class']}, model has "
-                f"{found['class']}"
+                f"optimizer {path!r}: checkpoint has {record['class']}, model has {found['class']}"
             )
         else:
-            out += _differences(f"variable of optimizer {path!r}", record["variables"], found["variables"])
+            out += _differences(
+                f"variable of optimizer {path!r}", record["variables"], found["variables"]
+            )
     for record in live:
         if record["path"] not in saved_paths and record["built"]:
             out.append(
