@@ -212,3 +212,23 @@ def test_restore_names_an_optimizer_the_model_lacks(tmp_path):
     plain.optimizer.build(plain.trainable_variables)
     with pytest.raises(CheckpointMismatchError, match="optimizer 'optimizer/inner_optimizer'"):
         kr.restore(plain, tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        "optimizer",
+        {"path": "optimizer", "class": "Adam", "variables": [], "built": 1},
+        {"path": "optimizer", "class": "Adam", "variables": [[1]], "built": True},
+        {"path": "optimizer", "class": "Adam", "variables": [], "built": True, "built_on": [-1]},
+    ],
+)
+def test_malformed_optimizer_record_rejected(record):
+    from keras_resume import manifest as mf
+    from keras_resume.errors import ManifestError
+
+    manifest = mf.new_manifest()
+    fp = {"variables": [], "optimizer_variables": [], "optimizer": None, "optimizers": [record]}
+    manifest["fingerprints"]["fp"] = fp
+    with pytest.raises(ManifestError, match=r"fingerprints\['fp'\]\.optimizers\[0\]"):
+        mf.validate(manifest)

@@ -141,16 +141,13 @@ def _optimizer_differences(saved: list, live: list) -> list[str]:
     out = []
     for record in saved:
         path, found = record["path"], live_by_path.get(record["path"])
+        label = "optimizer" if path == "optimizer" else f"optimizer {path!r}"
         if found is None:
             out.append(f"optimizer {path!r} ({record['class']}): the model has no optimizer there")
         elif found["class"] != record["class"]:
-            out.append(
-                f"optimizer {path!r}: checkpoint has {record['class']}, model has {found['class']}"
-            )
+            out.append(f"{label}: checkpoint has {record['class']}, model has {found['class']}")
         else:
-            out += _differences(
-                f"variable of optimizer {path!r}", record["variables"], found["variables"]
-            )
+            out += _differences(f"{label} variable", record["variables"], found["variables"])
     for record in live:
         if record["path"] not in saved_paths and record["built"]:
             out.append(
