@@ -497,21 +497,51 @@ def snapshot_weights(
     return _walk_weights(model, take).entries
 
 
-def _walk_weights(model, take):
+def _walk_weights(model, take, sync: bool = True):
     """Runs `save_weights`' own walk over `model`, recording `take(path, key, value)`.
 
     Returns the store: its `entries` (`[(path, metadata, {key: taken})]`, the
     groups of the `.weights.h5` file, in the walk's order) and its
     `optimizers` (`[(path, optimizer)]`, every optimizer the walk met).
+    `sync`: first put JAX's training state into the variables (needed to read
+    values; a walk that reads none must not: in a multi-process job the sync
+    assigns variables that span the processes, and only process 0 walks for
+    the fingerprint).
     """
-    sync_state(model)
+    if sync:
+        sync_state(model)
     saving_lib = _stores()
     store = _snapshot_store_class()(take)
-    with _recording_optimizers():
+    with _recording_optimizers(), _no_distribution():
         saving_lib._save_state(
             model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set()
         )
     return store
+
+
+@contextlib.contextmanager
+def _no_distribution():
+    """No `keras.distribution` while the walk runs: the variables it makes stay local.
+
+    The walk makes Keras's reference objects (`saving_lib.get_attr_skipset`
+    builds an `Optimizer(1.0)` the first time it walks an optimizer, with two
+    variables). Under a multi-process distribution a new variable is placed
+    with a check that every process agrees on its value: a collective, which
+    deadlocks (gloo aborts) when only process 0 walks, for the fingerprint.
+    The walk reads the model's variables and makes none of its own, so
+    nothing else changes; the distribution is put back after it.
+    """
+    from keras.src.distribution import distribution_lib
+
+    current = distribution_lib.distribution()
+    if current is None:
+        yield
+        return
+    distribution_lib.set_distribution(None)
+    try:
+        yield
+    finally:
+        distribution_lib.set_distribution(current)
 
 
 _RECORDING_LOCK = threading.Lock()
@@ -558,7 +588,7 @@ def optimizers(model) -> list[tuple[str, object]]:
     `path` is the optimizer's group in the `.weights.h5` file (`optimizer`,
     `optimizer/inner_optimizer`, `d_optimizer`, ...).
     """
-    return _walk_weights(model, lambda path, key, value: _SKIP).optimizers
+    return _walk_weights(model, lambda path, key, value: _SKIP, sync=False).optimizers
 
 
 def built_on(optimizer) -> list | None:
