@@ -23,7 +23,9 @@ class RestoreInfo:
         step: steps trained within that epoch.
         initial_epoch: the epoch a resumed `fit` starts at (`fit(initial_epoch=...)`).
         initial_step: the step within `initial_epoch` a resumed run continues from.
-        global_step: the optimizer's step counter.
+        global_step: the batches trained in the run when it was taken (keras_resume's
+            count; older checkpoints hold the optimizer's step count, the same without
+            gradient accumulation or skipped mixed-precision steps).
         logs: the logs recorded with the checkpoint.
     """
 
