@@ -1,12 +1,12 @@
 """Optimizers of real jobs (issue 14, A1/A2/A8): SIGKILLed mid-epoch, resumed bit for bit.
 
-tests/jobs_optim_script.py holds the jobs: gradient accumulation (with and
-without EMA), mixed precision (a LossScaleOptimizer) and keras.io's DCGAN (a
+tests/jobs_optim_script.py holds the jobs: gradient accumulation with EMA,
+mixed precision (a LossScaleOptimizer) and keras.io's DCGAN (a
 custom `train_step` with two optimizers as attributes, never called before
 `fit`). Per backend one chain of processes runs them all: the first runs
 every job uninterrupted (the references) and then starts the first job,
-SIGKILLed at global step 11 (epoch 2, step 5; the last backup is at step 9,
-between two accumulated updates); each next process resumes the job killed
+SIGKILLed at global step 11 (epoch 2 of 2, step 5; the last backup is at
+step 9, between two accumulated updates); each next process resumes the job killed
 before it and starts the next one, killed the same way; the last resumes the
 last job. Every variable of every optimizer, model and SeedGenerator must be
 `numpy.array_equal` to the reference's, and the history equal.
@@ -42,14 +42,7 @@ from tests.conftest import (
 from tests.jobs_optim_script import GAN_BACKENDS, JOBS
 
 SCRIPT = Path(__file__).parent / "jobs_optim_script.py"
-# TensorFlow runs every job; JAX and PyTorch leave out `accum` (its
-# accumulation is in `accum_ema` too), to keep the suite's CPU time down.
-JOBS_OF = {
-    b: tuple(
-        j for j in JOBS if (j != "gan" or b in GAN_BACKENDS) and (j != "accum" or b == "tensorflow")
-    )
-    for b in BACKENDS
-}
+JOBS_OF = {b: tuple(j for j in JOBS if j != "gan" or b in GAN_BACKENDS) for b in BACKENDS}
 _CHAINS: dict = {}
 
 
@@ -132,9 +125,9 @@ def test_job_sigkilled_mid_epoch_resumes_bit_identical(tmp_path_factory, backend
 @pytest.mark.parametrize("backend, job", _cases(lambda b, j: j.startswith("accum")))
 def test_global_step_counts_batches_not_accumulated_updates(tmp_path_factory, backend, job):
     root = chain(tmp_path_factory, backend)
-    # 18 batches, 9 optimizer updates: backups every 3 batches, the last two kept.
+    # 12 batches, 6 optimizer updates: backups every 3 batches, the last two kept.
     for name in (f"ref-{job}", f"run-{job}"):
-        assert _result(root, name)["global_steps"] == [15, 18]
+        assert _result(root, name)["global_steps"] == [9, 12]
 
 
 @pytest.mark.parametrize("backend, job", _cases(lambda b, j: j != "gan"))
