@@ -6,8 +6,11 @@ The rest of keras_resume calls only these functions. Supporting another backend
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import sys
+import threading
 
 import keras
 import numpy as np
@@ -415,6 +418,7 @@ def _stores():
     return saving_lib
 
 
+@functools.cache  # one class: `_recording_optimizers` recognises its instances
 def _snapshot_store_class():
     saving_lib = _stores()
 
@@ -423,6 +427,7 @@ def _snapshot_store_class():
 
         def __init__(self, take):  # no file: nothing of H5IOStore's is used
             self.entries = WeightEntries()
+            self.optimizers: list = []  # [(path, optimizer)], see _recording_optimizers
             self.mode = "w"
             self.take = take  # take(path, key, value): what to record, or _SKIP
 
@@ -430,6 +435,7 @@ def _snapshot_store_class():
             return True
 
         def make(self, path, metadata=None):
+            self.current_path = path
             self._current = (path, dict(metadata) if metadata else None, {})
             self.entries.append(self._current)
             # `saving_lib._save_state(saveable, ...)` calls `make` for `saveable`:
@@ -457,26 +463,6 @@ def _snapshot_store_class():
             pass
 
     return SnapshotStore
-
-
-def _stock_optimizer_path(model) -> tuple[str, object] | None:
-    """Where `model.optimizer` sits in the file, if it saves itself the stock way.
-
-    Keras's optimizer writes `store[str(i)] = variable.numpy()`: a copy we would
-    copy again. For the stock method we record its variables ourselves instead.
-    """
-    from keras.src.optimizers.base_optimizer import BaseOptimizer
-
-    optimizer = getattr(model, "optimizer", None)
-    if (
-        not isinstance(optimizer, BaseOptimizer)
-        or type(optimizer).save_own_variables is not BaseOptimizer.save_own_variables
-    ):
-        return None
-    for attr, child in _stores()._walk_saveable(model):
-        if child is optimizer:
-            return attr, optimizer
-    return None
 
 
 def sync_state(model) -> None:
@@ -526,30 +512,145 @@ def snapshot_weights(
             return _shards(value, lambda i, data: copy_into(buffers, (path, key, i), data))
         return copy_into(buffers, (path, key), value)
 
-    return _walk_weights(model, take)
+    return _walk_weights(model, take).entries
 
 
-def _walk_weights(model, take, with_optimizer: bool = True) -> WeightEntries:
-    """Runs `save_weights`' walk over `model`, recording `take(path, key, value)`."""
-    sync_state(model)
+def _walk_weights(model, take, sync: bool = True, with_optimizer: bool = True):
+    """Runs `save_weights`' own walk over `model`, recording `take(path, key, value)`.
+
+    Returns the store: its `entries` (a `WeightEntries`: the groups of the
+    `.weights.h5` file, in the walk's order) and its `optimizers`
+    (`[(path, optimizer)]`, every optimizer the walk met).
+    `with_optimizer=False` leaves `model.optimizer` out.
+    `sync`: first put JAX's training state into the variables (needed to read
+    values; a walk that reads none must not: in a multi-process job the sync
+    assigns variables that span the processes, and only process 0 walks for
+    the fingerprint).
+    """
+    if sync:
+        sync_state(model)
     saving_lib = _stores()
     store = _snapshot_store_class()(take)
     skip = set()
-    stock = _stock_optimizer_path(model)
     if not with_optimizer and getattr(model, "optimizer", None) is not None:
         skip.add(id(model.optimizer))
-        stock = None
-    if stock is not None:
-        path, optimizer = stock
-        skip.add(id(optimizer))
-        store.make(path, metadata={"name": optimizer.name})
-        store.entries.classes[path] = type(optimizer).__name__
-        for i, variable in enumerate(optimizer.variables):
-            store[str(i)] = variable
-    saving_lib._save_state(
-        model, weights_store=store, assets_store=None, inner_path="", visited_saveables=skip
-    )
-    return store.entries
+    with _recording_optimizers(), _no_distribution():
+        saving_lib._save_state(
+            model, weights_store=store, assets_store=None, inner_path="", visited_saveables=skip
+        )
+    return store
+
+
+@contextlib.contextmanager
+def _no_distribution():
+    """No `keras.distribution` while the walk runs: the variables it makes stay local.
+
+    The walk makes Keras's reference objects (`saving_lib.get_attr_skipset`
+    builds an `Optimizer(1.0)` the first time it walks an optimizer, with two
+    variables). Under a multi-process distribution a new variable is placed
+    with a check that every process agrees on its value: a collective, which
+    deadlocks (gloo aborts) when only process 0 walks, for the fingerprint.
+    The walk reads the model's variables and makes none of its own, so
+    nothing else changes; the distribution is put back after it.
+    """
+    from keras.src.distribution import distribution_lib
+
+    current = distribution_lib.distribution()
+    if current is None:
+        yield
+        return
+    distribution_lib.set_distribution(None)
+    try:
+        yield
+    finally:
+        distribution_lib.set_distribution(current)
+
+
+_RECORDING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _recording_optimizers():
+    """Makes Keras's stock `BaseOptimizer.save_own_variables` hand our store its variables.
+
+    The stock method writes `store[str(i)] = variable.numpy()` for each of
+    `optimizer.variables`: a host copy on the training thread that a snapshot
+    would copy again, a device-to-host transfer that a device snapshot avoids,
+    and for a variable sharded across processes a read that fails. For the
+    `SnapshotStore` alone it gives the variables themselves, under the same
+    keys, and records the optimizer and its path; any other store (a
+    `save_weights` on another thread meanwhile) gets the stock method. Every
+    optimizer the walk reaches (`model.optimizer`, a LossScaleOptimizer's
+    `inner_optimizer`, optimizers kept as attributes of a custom model) is
+    saved where `save_weights` saves it.
+    """
+    from keras.src.optimizers.base_optimizer import BaseOptimizer
+
+    snapshot_store = _snapshot_store_class()
+    with _RECORDING_LOCK:
+        stock = BaseOptimizer.__dict__["save_own_variables"]
+
+        def save_own_variables(self, store):
+            if not isinstance(store, snapshot_store):
+                return stock(self, store)
+            store.optimizers.append((store.current_path, self))
+            for i, variable in enumerate(self.variables):
+                store[str(i)] = variable
+
+        BaseOptimizer.save_own_variables = save_own_variables
+        try:
+            yield
+        finally:
+            BaseOptimizer.save_own_variables = stock
+
+
+def optimizers(model) -> list[tuple[str, object]]:
+    """`[(path, optimizer)]`: every optimizer `save_weights` saves, where it saves it.
+
+    `path` is the optimizer's group in the `.weights.h5` file (`optimizer`,
+    `optimizer/inner_optimizer`, `d_optimizer`, ...).
+    """
+    return _walk_weights(model, lambda path, key, value: _SKIP, sync=False).optimizers
+
+
+def built_on(optimizer) -> list | None:
+    """The variables `optimizer` was built on (`optimizer.build(variables)`); None if unbuilt."""
+    if not getattr(optimizer, "built", False):
+        return None
+    return list(getattr(optimizer, "_trainable_variables", []))
+
+
+def build_optimizer(optimizer, variables) -> None:
+    """Builds `optimizer` on exactly `variables`, as its first `apply` would.
+
+    In the optimizer's name scope, as `apply` builds it: the variables get the
+    paths of the original run's (a LossScaleOptimizer's inner optimizer's
+    variables are `loss_scale_optimizer/adam/...`). Where `fit` builds the
+    optimizer before any callback runs (`_symbolic_build`: JAX, PyTorch, a
+    `tf.distribute` strategy), it is built already and this is not called.
+    """
+    from keras.src.backend.common.name_scope import name_scope
+
+    with name_scope(optimizer.name, caller=optimizer):
+        optimizer.build(list(variables))
+
+
+def applied_steps(model) -> int:
+    """How many times `model.optimizer` was applied: the batches it trained on.
+
+    `optimizer.iterations` counts updates, not batches, with
+    `gradient_accumulation_steps` (it is then a computed tensor); the raw
+    counter below it counts every `apply`. A LossScaleOptimizer counts in its
+    inner optimizer.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    while hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
+    counter = getattr(optimizer, "_iterations", None)
+    if not isinstance(counter, keras.Variable):
+        return 0
+    sync_state(model)
+    return read_int(counter)
 
 
 def optimizer_path(model) -> str | None:
@@ -577,7 +678,7 @@ def weights_layout(model, entries=None) -> dict:
     `optimizer` names the optimizer's group, left out of a weights-only comparison.
     """
     if entries is None:
-        entries = _walk_weights(model, lambda path, key, value: value)
+        entries = _walk_weights(model, lambda path, key, value: value).entries
     classes = getattr(entries, "classes", {})
     groups = [
         [path, classes.get(path), [[key, *value_spec(v)] for key, v in values.items()]]
@@ -598,7 +699,9 @@ def weight_targets(model, with_optimizer: bool = True) -> WeightTargets:
     A layer that saves a computed array instead of a variable gives that array.
     `with_optimizer=False` leaves the optimizer out.
     """
-    entries = _walk_weights(model, lambda path, key, value: value, with_optimizer)
+    entries = _walk_weights(
+        model, lambda path, key, value: value, with_optimizer=with_optimizer
+    ).entries
     targets = WeightTargets(
         ((path, key), value) for path, _, values in entries for key, value in values.items()
     )

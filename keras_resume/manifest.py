@@ -179,22 +179,29 @@ def _check_natural(path, where: str, value) -> None:
 def _validate_fingerprint(path, where: str, fp) -> None:
     _check_type(path, where, fp, dict)
     for key in ("variables", "optimizer_variables"):
-        _check_type(path, f"{where}.{key}", fp.get(key), list)
-        for j, item in enumerate(fp[key]):
-            ok = (
-                isinstance(item, list)
-                and len(item) == 3
-                and isinstance(item[0], str)
-                and isinstance(item[1], list)
-                and all(isinstance(d, int) and not isinstance(d, bool) for d in item[1])
-                and isinstance(item[2], str)
-            )
-            if not ok:
-                _fail(path, f"{where}.{key}[{j}]={item!r}, expected [path, shape, dtype]")
+        _validate_described(path, f"{where}.{key}", fp.get(key))
     if fp.get("optimizer") is not None:
         _check_type(path, f"{where}.optimizer", fp["optimizer"], str)
     if "weights_file" in fp:
         _validate_layout(path, f"{where}.weights_file", fp["weights_file"])
+    if "optimizers" in fp:  # absent before keras_resume recorded every optimizer
+        _validate_optimizers(path, where, fp["optimizers"])
+
+
+def _validate_optimizers(path, where: str, records) -> None:
+    """Each optimizer's record (see `backend.optimizers`)."""
+    _check_type(path, f"{where}.optimizers", records, list)
+    for j, record in enumerate(records):
+        at = f"{where}.optimizers[{j}]"
+        _check_type(path, at, record, dict)
+        for key, types in (("path", str), ("class", str), ("built", bool)):
+            _check_type(path, f"{at}.{key}", record.get(key), types)
+        _validate_described(path, f"{at}.variables", record.get("variables"))
+        built_on = record.get("built_on")
+        if built_on is not None:
+            _check_type(path, f"{at}.built_on", built_on, list)
+            for k, index in enumerate(built_on):
+                _check_natural(path, f"{at}.built_on[{k}]", index)
 
 
 def _is_shape(value) -> bool:
@@ -231,6 +238,21 @@ def _validate_layout(path, where: str, layout) -> None:
                 f"{where}.groups[{j}]={group!r:.200}, "
                 "expected [path, class, [[key, shape, dtype]]]",
             )
+
+
+def _validate_described(path, where: str, items) -> None:
+    """A list of `[variable path, shape, dtype]`."""
+    _check_type(path, where, items, list)
+    for j, item in enumerate(items):
+        ok = (
+            isinstance(item, list)
+            and len(item) == 3
+            and isinstance(item[0], str)
+            and _is_shape(item[1])
+            and isinstance(item[2], str)
+        )
+        if not ok:
+            _fail(path, f"{where}[{j}]={item!r:.200}, expected [path, shape, dtype]")
 
 
 def _validate_entry(path, i: int, entry, manifest: dict) -> None:

@@ -23,7 +23,9 @@ class RestoreInfo:
         step: steps trained within that epoch.
         initial_epoch: the epoch a resumed `fit` starts at (`fit(initial_epoch=...)`).
         initial_step: the step within `initial_epoch` a resumed run continues from.
-        global_step: the optimizer's step counter.
+        global_step: the batches trained in the run when it was taken (keras_resume's
+            count; older checkpoints hold the optimizer's step count, the same without
+            gradient accumulation or skipped mixed-precision steps).
         logs: the logs recorded with the checkpoint.
     """
 
@@ -50,9 +52,9 @@ def load_into_model(
     """
     entry, bundle = loaded.entry, loaded.bundle
     where = str(ckpt.checkpoint_path(entry))
-    model_state.ensure_built(model, where)
-    fp = loaded.fingerprint if loaded.fingerprint is not None else ckpt.fingerprint_of(entry)
-    model_state.check_compatible(fp, model, where, with_optimizer)
+    saved = loaded.fingerprint if loaded.fingerprint is not None else ckpt.fingerprint_of(entry)
+    model_state.ensure_built(model, saved, where)
+    model_state.check_compatible(saved, model, where, with_optimizer)
     if bundle is not None:
         schema.check_bundle(bundle, ckpt.checkpoint_path(entry))
     model_state.assign_weights(model, loaded.weights, where, with_optimizer)

@@ -115,7 +115,7 @@ class BestCheckpoint(SessionCallback, backend.MonitorCallback):
             "epoch": epoch,
             "step_in_epoch": int(self.params.get("steps") or 0),
             "epoch_complete": True,
-            "global_step": backend.read_int(self.model.optimizer.iterations),
+            "global_step": self.session.global_step,
         }
         mode = backend.monitor_mode(self)
         monitor = self.monitor

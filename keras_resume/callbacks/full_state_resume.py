@@ -80,6 +80,9 @@ class FullStateResume(SessionCallback):
         session.cleanups.append(lambda: backend.set_initial_epoch(self.model, None))
         session.tracker.fast_forward(bundle.meta.get("data", {}), epochs_done=epoch)
         session.skip_epoch, session.skip_steps = epoch, step
+        # The batches trained before the interruption: keras_resume's own count
+        # (also what older backups saved, the optimizer's step count then).
+        session.global_step = entry["global_step"]
         self._bundle = bundle
         self._history_done = False
         if step:

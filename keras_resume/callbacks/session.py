@@ -52,6 +52,15 @@ class TrainingSession:
         self.skip_steps = 0
         # (epoch, process RNG state as that epoch began): see RngCapture.
         self.epoch_start_rng: tuple[int, dict] | None = None
+        # The global step: batches trained in this run, counted here, saved in
+        # every checkpoint's position and put back by FullStateResume. Not the
+        # optimizer's `iterations`: with gradient accumulation that counts
+        # updates (a computed tensor), a LossScaleOptimizer does not count the
+        # steps it skips, and a custom train_step may use other optimizers.
+        self.global_step: int | None = None  # read at the first epoch, unless resumed
+        self.epoch = 0
+        self.trained_in_epoch = 0  # batches of `epoch` trained, skipped ones included
+        self.step_before = 0  # the global step before the last batch counted
         self.closed = False
 
     @property
@@ -66,6 +75,29 @@ class TrainingSession:
 
     def skipping(self, epoch: int, batch: int) -> bool:
         return epoch == self.skip_epoch and batch < self.skip_steps
+
+    def epoch_began(self, epoch: int) -> None:
+        """Called by every member's `on_epoch_begin`, after the previous epoch's saves."""
+        if self.global_step is None:
+            # No backup resumed: a model trained before (an earlier fit) goes on counting.
+            self.global_step = backend.applied_steps(self.model)
+        self.epoch = epoch
+        self.trained_in_epoch = self.skip_steps if self.skip_epoch == epoch else 0
+
+    def batch_ended(self, batch: int, steps: int | None) -> None:
+        """Counts a trained batch; called by every member's `on_train_batch_end`, counted once.
+
+        `batch` is the last step index of the train function's call (Keras
+        reports a full call even when the epoch ends inside it, so it is capped
+        at the epoch's `steps`).
+        """
+        if self.skipping(self.epoch, batch):
+            return
+        trained = min(batch + 1, steps or batch + 1)
+        if trained > self.trained_in_epoch:
+            self.step_before = self.global_step
+            self.global_step += trained - self.trained_in_epoch
+            self.trained_in_epoch = trained
 
     def capture(self, mid_epoch: bool) -> StateBundle:
         backend.sync_state(self.model)
@@ -233,6 +265,10 @@ class SessionCallback(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.session.flush_epoch_end()
+        self.session.epoch_began(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.session.batch_ended(batch, self.params.get("steps"))
 
     def on_epoch_end(self, epoch, logs=None):
         # Keep the dict itself: callbacks after this one still add to it.

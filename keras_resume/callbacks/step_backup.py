@@ -40,8 +40,10 @@ class StepBackup(SessionCallback):
 
     Args:
         ckpt: a `CheckpointDirectory` or a path.
-        every_n_steps: back up whenever the global step (the optimizer's step
-            count) reaches a multiple of this; `None` backs up at epoch ends
+        every_n_steps: back up whenever the global step (the batches trained
+            in the run, counted by keras_resume; not the optimizer's update
+            count, which gradient accumulation divides) reaches a multiple
+            of this; `None` backs up at epoch ends
             only. Defaults to `None`.
         keep: how many backups to keep, newest first (at least 1). Defaults to 2.
         on_error: what a failed save (full disk, I/O error) does: `"raise"` a
@@ -86,14 +88,10 @@ class StepBackup(SessionCallback):
         self.keep = keep
         self.verbose = verbose
         self.preemption = PreemptionWatch() if save_on_sigterm else None
-        self._epoch = 0
-        self._trained_in_epoch = 0
-        self._global_step: int | None = None
         self._pending_step: int | None = None
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self._global_step = None
         self._pending_step = None
         if self.preemption is not None:
             self.preemption.install(self.model)
@@ -103,28 +101,24 @@ class StepBackup(SessionCallback):
         super().on_epoch_begin(epoch, logs)  # commits the previous epoch's backup
         if self._preempted() and not self.session.skipping(epoch, 0):
             self._exit_preempted(f"after epoch {epoch}", saved=True)
-        if self._global_step is None:
-            # Read after every on_train_begin, so after FullStateResume's restore.
-            self._global_step = backend.read_int(self.model.optimizer.iterations)
-        self._epoch = epoch
-        session = self.session
-        self._trained_in_epoch = session.skip_steps if session.skip_epoch == epoch else 0
 
     def on_train_batch_begin(self, batch, logs=None):
         self.ckpt.writer.poll()  # a background save that failed raises here
-        if self.session.skipping(self._epoch, batch):
+        session = self.session
+        if session.skipping(session.epoch, batch):
             return
+        epoch, trained = session.epoch, session.trained_in_epoch
         if self._preempted():
-            if self._trained_in_epoch:
-                self._pending_step = self._trained_in_epoch
-            where = f"at step {self._trained_in_epoch} of epoch {self._epoch + 1}"
+            if trained:
+                self._pending_step = trained
+            where = f"at step {trained} of epoch {epoch + 1}"
             if self._pending_step is None:
                 self._exit_preempted(where, saved=None)
             step, self._pending_step = self._pending_step, None
-            self._exit_preempted(where, saved=self._save_for_preemption(self._epoch, step))
+            self._exit_preempted(where, saved=self._save_for_preemption(epoch, step))
         if self._pending_step is not None:
             step, self._pending_step = self._pending_step, None
-            self._save(self._epoch, step, epoch_complete=False, logs=None)
+            self._save(epoch, step, epoch_complete=False, logs=None)
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)  # commits the last epoch's backup
@@ -170,40 +164,34 @@ class StepBackup(SessionCallback):
         raise Preempted(message)
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.session.skipping(self._epoch, batch):
+        super().on_train_batch_end(batch, logs)  # counts the batch, once per session
+        session = self.session
+        if session.skipping(session.epoch, batch):
             return
-        # `batch` is the last step index of this call; Keras reports a full
-        # call even when the epoch ends inside it.
-        trained = min(batch + 1, self.params.get("steps") or batch + 1)
-        before, self._global_step = (
-            self._global_step,
-            self._global_step + trained - self._trained_in_epoch,
-        )
-        self._trained_in_epoch = trained
         # Due on multiples of every_n_steps of the global step, so a resumed
         # run backs up at the same steps as an uninterrupted one.
         every = self.every_n_steps
-        if every is not None and self._global_step // every > before // every:
-            self._pending_step = trained
+        if every is not None and session.global_step // every > session.step_before // every:
+            self._pending_step = session.trained_in_epoch
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
         self._pending_step = None  # the epoch-end backup supersedes it
 
     def after_epoch(self, epoch, logs):
-        steps = self.params.get("steps")
-        if steps and self._trained_in_epoch < steps:
+        steps, trained = self.params.get("steps"), self.session.trained_in_epoch
+        if steps and trained < steps:
             # A callback stopped training mid-epoch; Keras then validated and reset
             # the running metrics, so this moment cannot be resumed exactly. The
             # last step backup stays the resume point.
             logger.info(
                 "Training stopped at step %d of %d in epoch %d: no epoch-end backup",
-                self._trained_in_epoch,
+                trained,
                 steps,
                 epoch + 1,
             )
             return
-        self._save(epoch, self._trained_in_epoch, epoch_complete=True, logs=logs)
+        self._save(epoch, trained, epoch_complete=True, logs=logs)
 
     def _save(self, epoch: int, step: int, epoch_complete: bool, logs) -> None:
         where = "end of epoch" if epoch_complete else f"step {step} of epoch"
@@ -220,7 +208,7 @@ class StepBackup(SessionCallback):
             "epoch": epoch,
             "step_in_epoch": step,
             "epoch_complete": epoch_complete,
-            "global_step": backend.read_int(model.optimizer.iterations),
+            "global_step": self.session.global_step,
             "training_stopped": bool(epoch_complete and model.stop_training),
         }
         bundle = self.session.capture(mid_epoch=not epoch_complete)

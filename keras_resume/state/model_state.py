@@ -26,20 +26,43 @@ def _describe(variables) -> list[list]:
 
 
 def fingerprint(model, weights: list | None = None) -> dict:
-    """What a checkpoint needs to match: variable paths, shapes, dtypes, optimizer,
+    """What a checkpoint needs to match: variable paths, shapes, dtypes, optimizers,
     and the layout of its weights file (`weights_file`: each group's path, the
     class that saves it, its datasets' keys, shapes and dtypes; see
     `backend.weights_layout`), which tells apart architectures whose variables
     have the same shapes, and bounds what a restore reads from the file.
 
     `weights`: the `snapshot_weights` result this fingerprint describes.
+
+    `optimizers` lists every optimizer `save_weights` saves (`model.optimizer`,
+    a LossScaleOptimizer's `inner_optimizer`, the optimizers a custom
+    `train_step` keeps as attributes): its path in the `.weights.h5` file, its
+    class, its variables, and `built_on`, the positions in `model.weights` of
+    the variables it was built on (None if it was not built, or was built on
+    variables outside the model). A restore rebuilds each on exactly those.
     """
     optimizer = getattr(model, "optimizer", None)
+    variables = model.weights
+    positions = {id(v): i for i, v in enumerate(variables)}
+    records = []
+    for path, found in backend.optimizers(model):
+        on = backend.built_on(found)
+        indices = None if on is None else [positions.get(id(v)) for v in on]
+        records.append(
+            {
+                "path": path,
+                "class": type(found).__name__,
+                "variables": _describe(found.variables),
+                "built": on is not None,
+                "built_on": None if indices is None or None in indices else indices,
+            }
+        )
     return {
-        "variables": _describe(model.weights),
+        "variables": _describe(variables),
         "optimizer": type(optimizer).__name__ if optimizer is not None else None,
         "optimizer_variables": _describe(optimizer.variables) if optimizer is not None else [],
         "weights_file": backend.weights_layout(model, weights),
+        "optimizers": records,
     }
 
 
@@ -48,16 +71,46 @@ def fingerprint_id(fp: dict) -> str:
     return hashlib.sha256(text).hexdigest()[:16]
 
 
-def ensure_built(model, where: str) -> None:
-    """Builds the optimizer so its variables exist; refuses an unbuilt model."""
-    if not model.built:
+def ensure_built(model, saved: dict, where: str) -> None:
+    """Builds the optimizers as the checkpoint's were built, so their variables exist.
+
+    Each optimizer the checkpoint lists as built is built on exactly the
+    variables it was built on then (`fingerprint`'s `built_on`); an optimizer
+    that was not built (the unused default of a custom model's
+    `super().compile()`) stays unbuilt. A checkpoint written before
+    keras_resume recorded that builds `model.optimizer` on the trainable
+    variables, as `fit` does. Refuses a model whose variables do not exist yet.
+    """
+    missing = _differences("variable", saved["variables"], _describe(model.weights))
+    if not model.built and (missing or not model.weights):
+        # A model whose layers are all built (a custom model holding built
+        # sub-models, never called itself) has every variable: it restores.
         raise ValueError(
             f"Cannot restore {where} into model {model.name!r}: the model is not built. "
             "Build it first (call it on a batch, or give it an `Input`), then restore."
         )
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is not None and not optimizer.built:
-        optimizer.build(model.trainable_variables)
+    if "optimizers" not in saved:
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            backend.build_optimizer(optimizer, model.trainable_variables)
+        return
+    if missing:
+        return  # check_compatible names the differences; nothing is built or loaded
+    live = dict(backend.optimizers(model))
+    weights = model.weights
+    for record in saved["optimizers"]:
+        optimizer = live.get(record["path"])
+        if not record["built"] or optimizer is None or optimizer.built:
+            continue  # not built then; or check_compatible reports it; or built already
+        if record["built_on"] is None:
+            raise CheckpointMismatchError(
+                f"Checkpoint {where}: optimizer {record['path']!r} ({record['class']}) was "
+                "built on variables outside the model, and is not built now, so its "
+                "state has nowhere to go; nothing was loaded. Build it first "
+                "(optimizer.build(variables)), on the variables it trains, then restore."
+            )
+        if all(0 <= i < len(weights) for i in record["built_on"]):
+            backend.build_optimizer(optimizer, [weights[i] for i in record["built_on"]])
 
 
 _INTEGER_DTYPES = {"int32", "int64"}
@@ -88,20 +141,25 @@ def _differences(label: str, saved: list, live: list, limit: int = 8) -> list[st
     return out
 
 
-def _without_optimizer(layout: dict) -> list:
-    """The layout's groups, less the optimizer's (its group and those under it)."""
-    opt = layout.get("optimizer")
-    if opt is None:
-        return list(layout["groups"])
-    return [g for g in layout["groups"] if g[0] != opt and not g[0].startswith(f"{opt}/")]
+def _without_optimizers(fp: dict) -> list:
+    """The layout's groups, less every optimizer's (its group and those under it)."""
+    layout = fp["weights_file"]
+    paths = {r["path"] for r in fp.get("optimizers", [])} | {layout.get("optimizer")}
+    paths.discard(None)
+
+    def of_an_optimizer(group: str) -> bool:
+        return any(group == p or group.startswith(f"{p}/") for p in paths)
+
+    return [g for g in layout["groups"] if not of_an_optimizer(g[0])]
 
 
 def _layout_differences(saved: dict, live: dict, with_optimizer: bool, limit: int = 8) -> list:
-    """How the weights file's layouts differ: group paths and classes, then datasets."""
+    """How the weights files' layouts of two fingerprints differ: group paths and
+    classes, then datasets."""
     if with_optimizer:
-        saved_groups, live_groups = saved["groups"], live["groups"]
+        saved_groups, live_groups = saved["weights_file"]["groups"], live["weights_file"]["groups"]
     else:
-        saved_groups, live_groups = _without_optimizer(saved), _without_optimizer(live)
+        saved_groups, live_groups = _without_optimizers(saved), _without_optimizers(live)
     out = []
     if len(saved_groups) != len(live_groups):
         out.append(
@@ -130,6 +188,29 @@ def _layout_differences(saved: dict, live: dict, with_optimizer: bool, limit: in
     return out
 
 
+def _optimizer_differences(saved: list, live: list) -> list[str]:
+    """Differences between the optimizers of a checkpoint and a model, matched by path."""
+    live_by_path = {r["path"]: r for r in live}
+    saved_paths = {r["path"] for r in saved}
+    out = []
+    for record in saved:
+        path, found = record["path"], live_by_path.get(record["path"])
+        label = "optimizer" if path == "optimizer" else f"optimizer {path!r}"
+        if found is None:
+            out.append(f"optimizer {path!r} ({record['class']}): the model has no optimizer there")
+        elif found["class"] != record["class"]:
+            out.append(f"{label}: checkpoint has {record['class']}, model has {found['class']}")
+        else:
+            out += _differences(f"{label} variable", record["variables"], found["variables"])
+    for record in live:
+        if record["path"] not in saved_paths and record["built"]:
+            out.append(
+                f"optimizer {record['path']!r} ({record['class']}): the model has it, "
+                "the checkpoint has no state for it"
+            )
+    return out
+
+
 def check_compatible(saved: dict, model, where: str, with_optimizer: bool = True) -> None:
     """Raises `CheckpointMismatchError`, before any variable changes, if `model` differs.
 
@@ -144,10 +225,10 @@ def check_compatible(saved: dict, model, where: str, with_optimizer: bool = True
     problems = _differences("variable", saved["variables"], live["variables"])
     compare_optimizer = with_optimizer and saved["optimizer"] is not None
     if "weights_file" in saved:
-        problems += _layout_differences(
-            saved["weights_file"], live["weights_file"], compare_optimizer
-        )
-    if compare_optimizer:
+        problems += _layout_differences(saved, live, compare_optimizer)
+    if with_optimizer and "optimizers" in saved:
+        problems += _optimizer_differences(saved["optimizers"], live["optimizers"])
+    elif compare_optimizer:
         if saved["optimizer"] != live["optimizer"]:
             problems.append(
                 f"optimizer: checkpoint has {saved['optimizer']}, model has {live['optimizer']}"
