@@ -163,10 +163,20 @@ def test_no_bare_print_and_every_print_msg_is_behind_verbose():
             for stmt in branch.body
             for node, _ in _calls(stmt)
         }
+        # backend.print_msg is the one wrapper around Keras's io_utils.print_msg (the
+        # version seam); its own body is the only call allowed outside `if self.verbose:`.
+        wrapper = {
+            id(node)
+            for fn in ast.walk(tree)
+            if path.name == "backend.py"
+            and isinstance(fn, ast.FunctionDef)
+            and fn.name == "print_msg"
+            for node, _ in _calls(fn)
+        }
         for node, name in _calls(tree):
-            if name == "io_utils.print_msg":
+            if name in ("io_utils.print_msg", "backend.print_msg") and id(node) not in wrapper:
                 assert id(node) in behind_verbose, (
-                    f"{path}:{node.lineno}: io_utils.print_msg outside `if self.verbose:`"
+                    f"{path}:{node.lineno}: {name} outside `if self.verbose:`"
                 )
                 printing += 1
     # One each: StepBackup's save line, BestCheckpoint's, FullStateResume's resume line.

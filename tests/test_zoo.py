@@ -17,7 +17,8 @@ CSV log) are equal. For a case that is not exact, a second uninterrupted run
 verdict is in the failure message.
 
 Set KERAS_RESUME_ZOO_REPORT=FILE to have each backend's verdicts appended to
-FILE (JSON lines).
+FILE (JSON lines). KERAS_RESUME_ZOO_CASES=name,... (with `-k`) trains only those
+jobs: a developer's quick run; every other case then fails.
 """
 
 import json
@@ -119,6 +120,9 @@ class Zoo:
     def __init__(self, backend, root: Path):
         self.backend, self.root = backend, root
         self.jobs = zoo_jobs.jobs_for(backend)
+        only = os.environ.get("KERAS_RESUME_ZOO_CASES")  # a developer's quick run: a,b,...
+        if only:
+            self.jobs = [j for j in self.jobs if j.name in only.split(",")]
         self.verdicts, self.controls, self.warnings = {}, {}, {}
 
     def run(self):
@@ -242,6 +246,7 @@ def test_the_zoo_is_large_enough():
 @pytest.mark.parametrize(("backend", "case"), CASES)
 def test_sigkilled_job_resumes_bit_identical(tmp_path_factory, backend, case):
     run = zoo(backend, tmp_path_factory)
+    assert case in run.verdicts, f"{case} was left out by KERAS_RESUME_ZOO_CASES"
     verdict = run.verdicts[case]
     control = run.controls.get(case, "")
     item = zoo_jobs.find(case).item
