@@ -1197,6 +1197,38 @@ def untrained_result(model, args: tuple, metrics_restored: bool):
     return logs, (*state[:-1], metrics)
 
 
+def build_from_data(model, epoch_iterator) -> bool:
+    """Builds a model that `fit` builds only at its first batch, drawing no batch.
+
+    On TensorFlow without a `tf.distribute` strategy, `fit` builds nothing
+    before `on_train_begin`: a subclassed model never called before `fit` gets
+    its variables when the first train step is traced. A resume must load them
+    earlier, so the model is built here as Keras's `_symbolic_build` builds it,
+    on symbolic inputs of the dataset's `element_spec`: no iterator is made, no
+    batch drawn. The optimizers are left to `ensure_built`, which builds each
+    on the variables the checkpoint's was built on. Returns whether it built.
+    On JAX and PyTorch (and with a strategy) `fit` has built the model already.
+    """
+    dataset = getattr(epoch_iterator, "_distributed_dataset", None)
+    spec = getattr(dataset, "element_spec", None)
+    if spec is None:
+        return False
+    from keras.src import tree
+    from keras.src.backend import compute_output_spec
+    from keras.src.trainers.data_adapters import data_adapter_utils
+
+    def symbolic(value):
+        if value is None:
+            return None
+        dtype = keras.backend.standardize_dtype(value.dtype)
+        return keras.KerasTensor(value.shape, dtype)
+
+    x, _, _ = data_adapter_utils.unpack_x_y_sample_weight(tree.map_structure(symbolic, spec))
+    compute_output_spec(model, x, training=False)
+    model._post_build()
+    return True
+
+
 def build_metrics(model, batch) -> None:
     """Creates the compiled metrics' variables, which Keras makes lazily at the first step.
 
