@@ -24,6 +24,10 @@ class DataTracker:
         self.iterators_created = 0
         self.epoch_end_rng: list[dict] = []
         self._patched = []
+        # A PyDataset read by workers: the batches its enqueuer holds when an epoch
+        # begins, prefetched in the epoch before (see backend.EnqueuerWatch).
+        self.watch = None
+        self.queued_at_epoch_start: list = []
         if self.epoch_iterator is None:
             warnings.warn(
                 "keras_resume could not find the data iterator of this model.fit call "
@@ -45,6 +49,10 @@ class DataTracker:
         if self.py_dataset is not None:
             adapter = self.epoch_iterator.data_adapter
             self._wrap(adapter, "on_epoch_end", self._recording)
+            enqueuer = backend.enqueuer_of(self.epoch_iterator)
+            if enqueuer is not None:
+                self.watch = backend.EnqueuerWatch(enqueuer, lambda: len(self.epoch_end_rng))
+                self._wrap(adapter, "on_epoch_begin", self._noting_queue)
 
     def _wrap(self, obj, attribute, make_wrapper):
         original = getattr(obj, attribute)
@@ -81,18 +89,33 @@ class DataTracker:
 
         return on_epoch_end
 
+    def _noting_queue(self, original):
+        def on_epoch_begin():
+            self.queued_at_epoch_start = self.watch.queued()
+            return original()
+
+        return on_epoch_begin
+
     def detach(self) -> None:
         for obj, attribute in self._patched:
             obj.__dict__.pop(attribute, None)
         self._patched = []
+        if self.watch is not None:
+            self.watch.detach()
 
     def capture(self, mid_epoch: bool) -> dict:
-        return {
+        state = {
             "iterators_created": self.iterators_created,
             "mid_epoch": mid_epoch,
             "epoch_end_rng": list(self.epoch_end_rng),
             "tracked": self.epoch_iterator is not None,
         }
+        if self.watch is not None:
+            # Mid-epoch, what the resumed epoch must begin with; at an epoch's
+            # end (the enqueuer stopped), what the next one begins with.
+            queued = self.queued_at_epoch_start if mid_epoch else self.watch.queued()
+            state["enqueuer_ready"] = [list(label) for label in queued]
+        return state
 
     def fast_forward(self, saved: dict, epochs_done: int) -> None:
         """Brings a fresh pipeline to where the saved one was at the resume epoch's start."""
@@ -105,7 +128,66 @@ class DataTracker:
             backend.open_iterator(self.epoch_iterator)
         if self.py_dataset is not None:
             replay = saved["epoch_end_rng"][:epochs_done]
-            for state in replay:
+            rebuild = None
+            if self.watch is not None and "enqueuer_ready" in saved:
+                rebuild = _ReadyRebuild(self.watch, self.py_dataset, saved["enqueuer_ready"])
+            for version, state in enumerate(replay):
+                if rebuild is not None:
+                    rebuild.compute(version)
                 restore_process_rng(state)
                 self.py_dataset.on_epoch_end()
             self.epoch_end_rng = list(replay)
+            if rebuild is not None:
+                rebuild.compute(len(replay))
+                rebuild.install()
+
+
+class _ReadyRebuild:
+    """Rebuilds the batches a PyDataset's enqueuer held when the resumed epoch began.
+
+    A batch labelled `(version, index)` was `py_dataset[index]` after `version`
+    of the PyDataset's `on_epoch_end` calls: it is computed again while the
+    replay of those calls has the PyDataset in that state. `(PRE, j)` is the
+    `j`-th batch `fit` had queued before training began, which this process's
+    `fit` queued the same way (same script, same seed).
+    """
+
+    def __init__(self, watch, py_dataset, labels):
+        self.watch, self.py_dataset = watch, py_dataset
+        self.labels = [tuple(label) for label in labels]
+        self.batches: dict[int, object] = {}
+        self.problems: list[str] = []
+        for position, (version, index) in enumerate(self.labels):
+            if version != watch.PRE:
+                continue
+            if 0 <= index < len(watch.ready_before):
+                self.batches[position] = watch.ready_before[index]
+            else:
+                self.problems.append(
+                    f"batch {position} of the queue was prefetched before training began "
+                    f"(index {index}), and this run prefetched {len(watch.ready_before)}"
+                )
+
+    def compute(self, version: int) -> None:
+        for position, (made_at, index) in enumerate(self.labels):
+            if made_at == version and position not in self.batches:
+                self.batches[position] = self.py_dataset[index]
+
+    def install(self) -> None:
+        missing = [p for p in range(len(self.labels)) if p not in self.batches]
+        if missing and not self.problems:
+            self.problems.append(f"batches {missing} were made after the epochs replayed")
+        if self.watch.running():
+            self.problems.append("its enqueuer is already running")
+        if self.problems:
+            warnings.warn(
+                f"keras_resume could not rebuild the {len(self.labels)} batches the "
+                f"enqueuer of {type(self.py_dataset).__name__} (workers="
+                f"{self.py_dataset.workers}) had prefetched when the resumed epoch began: "
+                + "; ".join(self.problems)
+                + ". The resumed run trains on other batches first, so it is not "
+                "bit-identical. Set workers=1 and use_multiprocessing=False for exact resume.",
+                stacklevel=4,
+            )
+            return
+        self.watch.replace_ready([self.batches[p] for p in range(len(self.labels))], self.labels)

@@ -102,6 +102,10 @@ def _check(bundle: StateBundle) -> None:
         _in_range([created], 0, 10**6, "data.iterators_created")
         for i, state in enumerate(_is(data.get("epoch_end_rng"), list, "data.epoch_end_rng")):
             _process_rng(state, f"data.epoch_end_rng[{i}]")
+        if "enqueuer_ready" in data:
+            for i, label in enumerate(_is(data["enqueuer_ready"], list, "data.enqueuer_ready")):
+                where = f"data.enqueuer_ready[{i}]"
+                _in_range(_ints(label, where, 2), -1, 10**9, where)
     if "rng" in meta:
         rng = _is(meta["rng"], dict, "rng")
         _process_rng(rng.get("process"), "rng.process")
