@@ -1113,6 +1113,35 @@ def py_dataset_of(epoch_iterator):
     return getattr(adapter, "py_dataset", None)
 
 
+def python_generator_of(epoch_iterator):
+    """The Python generator `fit` reads (`GeneratorDataAdapter`), or None.
+
+    The adapter keeps it inside the function that chains the batches it
+    peeked at to the rest (`peek_and_restore`).
+    """
+    import types
+
+    from keras.src.trainers.data_adapters.generator_data_adapter import GeneratorDataAdapter
+
+    adapter = getattr(epoch_iterator, "data_adapter", None)
+    if not isinstance(adapter, GeneratorDataAdapter):
+        return None
+    for cell in getattr(adapter.generator, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(value, types.GeneratorType):
+            return value
+    return None
+
+
+def describe_generator(generator) -> str:
+    """`qualname` (file:line of its definition), as a message names a generator."""
+    code = generator.gi_code
+    return f"{generator.__qualname__} ({code.co_filename}:{code.co_firstlineno})"
+
+
 def enqueuer_of(epoch_iterator):
     """The `OrderedEnqueuer` reading a PyDataset with workers (`workers>1` or
     `use_multiprocessing`), or None."""

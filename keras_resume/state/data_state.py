@@ -36,7 +36,18 @@ class DataTracker:
                 stacklevel=3,
             )
             return
-        if backend.uses_persistent_iterator(self.epoch_iterator):
+        generator = backend.python_generator_of(self.epoch_iterator)
+        if generator is not None:
+            warnings.warn(
+                "model.fit reads the Python generator "
+                f"{backend.describe_generator(generator)}: keras_resume cannot save or "
+                "restore where a generator stands, so a resumed run draws its batches "
+                "from a new generator, from its start, and is not bit-identical to an "
+                "uninterrupted run. For exact resume, give fit a keras.utils.PyDataset "
+                "(batches by index) or a tf.data.Dataset instead.",
+                stacklevel=3,
+            )
+        elif backend.uses_persistent_iterator(self.epoch_iterator):
             warnings.warn(
                 "fit(steps_per_epoch=...) keeps one data iterator across epochs; "
                 "keras_resume resumes it at the right epoch and step, but the "
