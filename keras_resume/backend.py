@@ -1113,6 +1113,101 @@ def py_dataset_of(epoch_iterator):
     return getattr(adapter, "py_dataset", None)
 
 
+def tf_dataset_of(epoch_iterator):
+    """The `tf.data.Dataset` `fit` reads (`TFDatasetAdapter._dataset`), on any backend, or None."""
+    dataset = getattr(getattr(epoch_iterator, "data_adapter", None), "_dataset", None)
+    return dataset if _is_tf_dataset(dataset) else None
+
+
+def pipeline_datasets(dataset) -> list:
+    """`dataset` and every dataset it reads from (`_inputs()`), each once, output first."""
+    found, seen, todo = [], set(), [dataset]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(current)
+        todo.extend(current._inputs())
+    return found
+
+
+def cache_ops(dataset) -> list[str]:
+    """The `.cache()` steps of a `tf.data` pipeline: each one's file name, "" for memory."""
+    from tensorflow.python.data.ops.cache_op import CacheDataset
+
+    return [
+        d._filename.numpy().decode("utf-8", "replace")
+        for d in pipeline_datasets(dataset)
+        if isinstance(d, CacheDataset)
+    ]
+
+
+def pipeline_variables(dataset) -> list:
+    """The TensorFlow variables the pipeline's functions (`map`, `filter`, ...) read.
+
+    A Keras preprocessing layer mapped over the pipeline reads its SeedGenerator's
+    state there (on JAX and PyTorch, the TensorFlow twin the layer made for it).
+    """
+    found, seen = [], set()
+    for d in pipeline_datasets(dataset):
+        for wrapper in d._functions():
+            for variable in wrapper.function.graph.variables:
+                if id(variable) not in seen:
+                    seen.add(id(variable))
+                    found.append(variable)
+    return found
+
+
+def live_seed_generators() -> list:
+    """Every `keras.random.SeedGenerator` of the process (a scan of the garbage collector's objects)."""
+    import gc
+
+    from keras.src.random.seed_generator import SeedGenerator
+
+    return [o for o in gc.get_objects() if isinstance(o, SeedGenerator)]
+
+
+def seed_generators_reading(variables, generators) -> list:
+    """Those of `generators` whose state is one of `variables`, in the order of `variables`."""
+    by_state = {id(g.state.value): g for g in generators}
+    return [by_state[id(v)] for v in variables if id(v) in by_state]
+
+
+def seed_state(generator) -> np.ndarray:
+    """A host copy of a SeedGenerator's state, whichever backend made it (tf.data on JAX:
+    a TensorFlow variable in a JAX process)."""
+    value = generator.state.value
+    if _is_tf_value(value):
+        return np.array(value.numpy(), copy=True)
+    return to_numpy(generator.state)
+
+
+def _is_tf_value(value) -> bool:
+    return _tensorflow_loaded() and type(value).__module__.startswith("tensorflow.")
+
+
+def layer_seed_generators(layer) -> list:
+    """A layer's own SeedGenerators, with those it made for another backend (tf.data on JAX)."""
+    own = list(getattr(layer, "_seed_generators", []))
+    own += list(getattr(layer, "_backend_generators", {}).values())
+    return own
+
+
+def data_layers_with_seed_generators() -> list:
+    """Every live Keras preprocessing layer made for data pipelines that holds a SeedGenerator."""
+    import gc
+
+    try:
+        from keras.src.layers.preprocessing.data_layer import DataLayer
+    except ImportError:  # Keras before 3.12: the same base, named for tf.data only
+        from keras.src.layers.preprocessing.tf_data_layer import TFDataLayer as DataLayer
+
+    return [
+        o for o in gc.get_objects() if isinstance(o, DataLayer) and layer_seed_generators(o)
+    ]
+
+
 def python_generator_of(epoch_iterator):
     """The Python generator `fit` reads (`GeneratorDataAdapter`), or None.
 
@@ -1265,20 +1360,37 @@ def is_end_of_data(error: BaseException) -> bool:
     return False
 
 
-def open_iterator(epoch_iterator) -> None:
-    """Makes the data iterator `fit` makes at an epoch's start, and draws nothing from it.
+def open_iterator(epoch_iterator, draw: int | None = 0) -> None:
+    """Makes the data iterator `fit` makes at an epoch's start, and draws `draw` batches.
 
     What matters is what making it changes: a `tf.data` shuffle reshuffles per
-    iterator. On TensorFlow `_get_iterator` makes the dataset's iterator; on JAX
-    and PyTorch it returns a generator (or loader) that makes one only when
-    first drawn from, so the dataset's iterator is made here directly.
+    iterator, and one read through fills a `.cache()`. On TensorFlow
+    `_get_iterator` makes the dataset's iterator; on JAX and PyTorch it returns
+    a generator (or loader) that makes one only when first drawn from, so the
+    dataset's iterator is made here directly. `draw=None` draws to the end.
     """
     iterator = epoch_iterator._get_iterator()
     dataset = getattr(getattr(epoch_iterator, "data_adapter", None), "_dataset", None)
     if name() != "tensorflow" and _is_tf_dataset(dataset):
-        iter(dataset)
+        made = iter(dataset)
     else:
-        iter(iterator)
+        made = iter(iterator)
+    drawn = 0
+    while draw is None or drawn < draw:
+        try:
+            next(made)
+        except StopIteration:
+            break
+        except Exception as e:  # noqa: BLE001 - TensorFlow's end of data
+            if is_end_of_data(e):
+                break
+            raise
+        drawn += 1
+
+
+def batches_per_epoch(epoch_iterator) -> int | None:
+    """The batches `fit` draws from each epoch's iterator; None: until the data ends."""
+    return getattr(epoch_iterator, "_num_batches", None) or None
 
 
 def _is_tf_dataset(value) -> bool:

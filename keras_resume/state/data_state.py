@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 
 from keras_resume import backend
+from keras_resume.state.pipeline_state import PipelineState
 from keras_resume.state.rng_state import capture_process_rng, restore_process_rng
 
 
@@ -19,7 +20,10 @@ class DataTracker:
     """Watches one `fit` call's data iterator; captures and replays its position."""
 
     def __init__(self, model, epoch_iterator):
+        self.model = model
         self.epoch_iterator = epoch_iterator
+        self.pipeline = PipelineState(epoch_iterator)
+        self._forwarding = False  # fast_forward's iterators are not the run's
         self.py_dataset = backend.py_dataset_of(self.epoch_iterator)
         self.iterators_created = 0
         self.epoch_end_rng: list[dict] = []
@@ -72,6 +76,8 @@ class DataTracker:
 
     def _counting(self, original):
         def get_iterator():
+            if not backend.iterators_draw_lazily():
+                self._iterator_made()
             made = original()
             if not backend.iterators_draw_lazily():
                 self.iterators_created += 1
@@ -83,7 +89,12 @@ class DataTracker:
 
         return get_iterator
 
+    def _iterator_made(self):
+        if not self._forwarding:
+            self.pipeline.iterator_made(self.model)
+
     def _count_first_draw(self, iterator):
+        self._iterator_made()  # nothing drawn yet: the first draw makes the data iterator
         try:
             first = next(iterator)
         except StopIteration:
@@ -114,7 +125,9 @@ class DataTracker:
         if self.watch is not None:
             self.watch.detach()
 
-    def capture(self, mid_epoch: bool) -> dict:
+    def capture(self, mid_epoch: bool, bundle=None) -> dict:
+        if bundle is not None:
+            self.pipeline.capture(bundle, mid_epoch)
         state = {
             "iterators_created": self.iterators_created,
             "mid_epoch": mid_epoch,
@@ -135,8 +148,15 @@ class DataTracker:
         # The resume epoch's own iterator is made by fit itself: made before a
         # mid-epoch save, not yet made at an epoch-boundary save.
         ahead = saved["iterators_created"] - (1 if saved["mid_epoch"] else 0)
-        for _ in range(max(ahead, 0)):
-            backend.open_iterator(self.epoch_iterator)
+        self._forwarding = True
+        try:
+            for i in range(max(ahead, 0)):
+                # A cache in memory holds what the first epoch read (see pipeline_state).
+                read_through = i == 0 and self.pipeline.memory_cache
+                draw = backend.batches_per_epoch(self.epoch_iterator) if read_through else 0
+                backend.open_iterator(self.epoch_iterator, draw=draw)
+        finally:
+            self._forwarding = False
         if self.py_dataset is not None:
             replay = saved["epoch_end_rng"][:epochs_done]
             rebuild = None
@@ -151,6 +171,19 @@ class DataTracker:
             if rebuild is not None:
                 rebuild.compute(len(replay))
                 rebuild.install()
+
+
+    def restore_pipeline(self, bundle, where) -> None:
+        """Puts the data pipeline's SeedGenerators where they were as the resumed epoch began."""
+        problems = self.pipeline.restore(bundle)
+        if problems:
+            warnings.warn(
+                f"The data pipeline's SeedGenerators were not restored from {where}: "
+                + "; ".join(problems)
+                + ". Its augmentation draws other random numbers than the uninterrupted "
+                "run did, so the resumed run is not bit-identical.",
+                stacklevel=3,
+            )
 
 
 class _ReadyRebuild:

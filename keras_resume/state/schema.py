@@ -111,6 +111,11 @@ def _check(bundle: StateBundle) -> None:
         _process_rng(rng.get("process"), "rng.process")
         if "epoch_start" in rng:
             _process_rng(rng["epoch_start"], "rng.epoch_start")
+    if "data_seed_generators" in meta:
+        names = _is(meta["data_seed_generators"], list, "data_seed_generators")
+        for i, name in enumerate(names):
+            _is(name, str, f"data_seed_generators[{i}]")
+        _arrays(bundle, "data_seed_generators", len(names), "data_seed_generators")
     if "seed_generators" in meta:
         names = _is(meta["seed_generators"], list, "seed_generators")
         for i, name in enumerate(names):
