@@ -1160,12 +1160,13 @@ def pipeline_variables(dataset) -> list:
 
 
 def live_seed_generators() -> list:
-    """Every `keras.random.SeedGenerator` of the process (a scan of the garbage collector's objects)."""
+    """Every `keras.random.SeedGenerator` of the process (a scan of the gc's objects)."""
     import gc
 
     from keras.src.random.seed_generator import SeedGenerator
 
-    return [o for o in gc.get_objects() if isinstance(o, SeedGenerator)]
+    # type(), not isinstance(): some objects answer `__class__` with a deprecation warning.
+    return [o for o in gc.get_objects() if issubclass(type(o), SeedGenerator)]
 
 
 def seed_generators_reading(variables, generators) -> list:
@@ -1204,7 +1205,7 @@ def data_layers_with_seed_generators() -> list:
         from keras.src.layers.preprocessing.tf_data_layer import TFDataLayer as DataLayer
 
     return [
-        o for o in gc.get_objects() if isinstance(o, DataLayer) and layer_seed_generators(o)
+        o for o in gc.get_objects() if issubclass(type(o), DataLayer) and layer_seed_generators(o)
     ]
 
 

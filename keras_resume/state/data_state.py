@@ -172,7 +172,6 @@ class DataTracker:
                 rebuild.compute(len(replay))
                 rebuild.install()
 
-
     def restore_pipeline(self, bundle, where) -> None:
         """Puts the data pipeline's SeedGenerators where they were as the resumed epoch began."""
         problems = self.pipeline.restore(bundle)

@@ -125,7 +125,7 @@ class PipelineState:
         return problems
 
     def _warn_unreached(self, model) -> None:
-        """Names the live augmentation layers outside the model whose generators nothing captures."""
+        """Names live augmentation layers outside the model whose generators nothing captures."""
         if not self.watched:
             return
         in_model = {id(layer) for layer in model._flatten_layers(include_self=True, recursive=True)}
