@@ -1188,6 +1188,11 @@ def _is_tf_value(value) -> bool:
     return _tensorflow_loaded() and type(value).__module__.startswith("tensorflow.")
 
 
+def layers_of(model) -> list:
+    """`model` (or a layer) and every layer inside it."""
+    return list(model._flatten_layers(include_self=True, recursive=True))
+
+
 def layer_seed_generators(layer) -> list:
     """A layer's own SeedGenerators, with those it made for another backend (tf.data on JAX)."""
     own = list(getattr(layer, "_seed_generators", []))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from keras_resume.callbacks.session import SessionCallback
-from keras_resume.state import rng_state
+from keras_resume.state import pipeline_state, rng_state
 
 
 class RngCapture(SessionCallback):
@@ -42,6 +42,7 @@ class RngCapture(SessionCallback):
     def __init__(self, ckpt, extra=(), **kwargs):
         super().__init__(ckpt, **kwargs)
         self.extra = list(extra)
+        pipeline_state.generators_of(self.extra)  # a wrong item fails now, by name
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 
+import keras
 import numpy as np
 
 from keras_resume import backend
@@ -26,14 +27,14 @@ from keras_resume import backend
 SECTION = "data_seed_generators"
 
 
-def _generators_of(items) -> list:
+def generators_of(items) -> list:
     """SeedGenerators of `items` (SeedGenerators or layers, a layer's nested ones too)."""
     found = []
     for item in items:
-        if hasattr(item, "state") and hasattr(item, "next"):
+        if isinstance(item, keras.random.SeedGenerator):
             found.append(item)
-        elif hasattr(item, "_flatten_layers"):
-            for layer in item._flatten_layers(include_self=True, recursive=True):
+        elif isinstance(item, keras.layers.Layer):
+            for layer in backend.layers_of(item):
                 found.extend(backend.layer_seed_generators(layer))
         else:
             raise TypeError(
@@ -80,7 +81,7 @@ class PipelineState:
 
     def add(self, extra) -> None:
         """Adds `RngCapture(extra=...)`'s generators (SeedGenerators or layers)."""
-        for generator in _generators_of(extra):
+        for generator in generators_of(extra):
             if all(generator is not g for g in self.generators):
                 self.generators.append(generator)
         self.at_iterator = None
@@ -128,7 +129,7 @@ class PipelineState:
         """Names live augmentation layers outside the model whose generators nothing captures."""
         if not self.watched:
             return
-        in_model = {id(layer) for layer in model._flatten_layers(include_self=True, recursive=True)}
+        in_model = {id(layer) for layer in backend.layers_of(model)}
         captured = {id(g) for g in self.generators}
         unreached = [
             layer
