@@ -212,3 +212,8 @@ def test_malformed_pipeline_fields_are_named(tmp_path, meta, key):
     with pytest.raises(CheckpointCorruptError) as info:
         check_bundle(StateBundle(meta), tmp_path)
     assert key in str(info.value)
+
+
+def test_rng_capture_extra_refuses_what_is_not_a_generator(tmp_path):
+    with pytest.raises(TypeError, match=r"received 'flip' \(str\)"):
+        kr.RngCapture(tmp_path / "run", extra=["flip"])
