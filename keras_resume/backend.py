@@ -7,9 +7,11 @@ The rest of keras_resume calls only these functions. Supporting another backend
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import dataclasses
 import functools
+import queue
 import sys
 import threading
 
@@ -1187,6 +1189,237 @@ def py_dataset_of(epoch_iterator):
     return getattr(adapter, "py_dataset", None)
 
 
+def tf_dataset_of(epoch_iterator):
+    """The `tf.data.Dataset` `fit` reads (`TFDatasetAdapter._dataset`), on any backend, or None."""
+    dataset = getattr(getattr(epoch_iterator, "data_adapter", None), "_dataset", None)
+    return dataset if _is_tf_dataset(dataset) else None
+
+
+def pipeline_datasets(dataset) -> list:
+    """`dataset` and every dataset it reads from (`_inputs()`), each once, output first."""
+    found, seen, todo = [], set(), [dataset]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(current)
+        todo.extend(current._inputs())
+    return found
+
+
+def cache_ops(dataset) -> list[str]:
+    """The `.cache()` steps of a `tf.data` pipeline: each one's file name, "" for memory."""
+    from tensorflow.python.data.ops.cache_op import CacheDataset
+
+    return [
+        d._filename.numpy().decode("utf-8", "replace")
+        for d in pipeline_datasets(dataset)
+        if isinstance(d, CacheDataset)
+    ]
+
+
+def pipeline_variables(dataset) -> list:
+    """The TensorFlow variables the pipeline's functions (`map`, `filter`, ...) read.
+
+    A Keras preprocessing layer mapped over the pipeline reads its SeedGenerator's
+    state there (on JAX and PyTorch, the TensorFlow twin the layer made for it).
+    """
+    found, seen = [], set()
+    for d in pipeline_datasets(dataset):
+        for wrapper in d._functions():
+            for variable in wrapper.function.graph.variables:
+                if id(variable) not in seen:
+                    seen.add(id(variable))
+                    found.append(variable)
+    return found
+
+
+def live_seed_generators() -> list:
+    """Every `keras.random.SeedGenerator` of the process (a scan of the gc's objects)."""
+    import gc
+
+    from keras.src.random.seed_generator import SeedGenerator
+
+    # type(), not isinstance(): some objects answer `__class__` with a deprecation warning.
+    return [o for o in gc.get_objects() if issubclass(type(o), SeedGenerator)]
+
+
+def seed_generators_reading(variables, generators) -> list:
+    """Those of `generators` whose state is one of `variables`, in the order of `variables`."""
+    by_state = {id(g.state.value): g for g in generators}
+    return [by_state[id(v)] for v in variables if id(v) in by_state]
+
+
+def seed_state(generator) -> np.ndarray:
+    """A host copy of a SeedGenerator's state, whichever backend made it (tf.data on JAX:
+    a TensorFlow variable in a JAX process)."""
+    value = generator.state.value
+    if _is_tf_value(value):
+        return np.array(value.numpy(), copy=True)
+    return to_numpy(generator.state)
+
+
+def _is_tf_value(value) -> bool:
+    return _tensorflow_loaded() and type(value).__module__.startswith("tensorflow.")
+
+
+def layers_of(model) -> list:
+    """`model` (or a layer) and every layer inside it."""
+    return list(model._flatten_layers(include_self=True, recursive=True))
+
+
+def layer_seed_generators(layer) -> list:
+    """A layer's own SeedGenerators, with those it made for another backend (tf.data on JAX)."""
+    own = list(getattr(layer, "_seed_generators", []))
+    own += list(getattr(layer, "_backend_generators", {}).values())
+    return own
+
+
+def data_layers_with_seed_generators() -> list:
+    """Every live Keras preprocessing layer made for data pipelines that holds a SeedGenerator."""
+    import gc
+
+    try:
+        from keras.src.layers.preprocessing.data_layer import DataLayer
+    except ImportError:  # Keras before 3.12: the same base, named for tf.data only
+        from keras.src.layers.preprocessing.tf_data_layer import TFDataLayer as DataLayer
+
+    return [
+        o for o in gc.get_objects() if issubclass(type(o), DataLayer) and layer_seed_generators(o)
+    ]
+
+
+def python_generator_of(epoch_iterator):
+    """The Python generator `fit` reads (`GeneratorDataAdapter`), or None.
+
+    The adapter keeps it inside the function that chains the batches it
+    peeked at to the rest (`peek_and_restore`).
+    """
+    import types
+
+    from keras.src.trainers.data_adapters.generator_data_adapter import GeneratorDataAdapter
+
+    adapter = getattr(epoch_iterator, "data_adapter", None)
+    if not isinstance(adapter, GeneratorDataAdapter):
+        return None
+    for cell in getattr(adapter.generator, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(value, types.GeneratorType):
+            return value
+    return None
+
+
+def describe_generator(generator) -> str:
+    """`qualname` (file:line of its definition), as a message names a generator."""
+    code = generator.gi_code
+    return f"{generator.__qualname__} ({code.co_filename}:{code.co_firstlineno})"
+
+
+def enqueuer_of(epoch_iterator):
+    """The `OrderedEnqueuer` reading a PyDataset with workers (`workers>1` or
+    `use_multiprocessing`), or None."""
+    if py_dataset_of(epoch_iterator) is None:
+        return None
+    return getattr(epoch_iterator.data_adapter, "enqueuer", None)
+
+
+class _LabelledIndices:
+    """The enqueuer's index iterator, telling its watch each index it submits."""
+
+    def __init__(self, inner, watch):
+        self.inner, self.watch = inner, watch
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        index = next(self.inner)
+        if self.watch.active:
+            self.watch.labels.append((self.watch.version(), index))
+        return index
+
+
+class EnqueuerWatch:
+    """Labels every batch of a PyDataset's `OrderedEnqueuer`, in the order `fit` gets them.
+
+    The enqueuer's thread submits `py_dataset[i]` for the epoch's indices to its
+    workers (`_run`, which sets `indices` and then calls `_send_py_dataset`);
+    `get()` yields the batches of `ready_queue` first, then those of
+    `future_queue`. `stop()`, at every epoch's end, moves the batches still
+    queued (prefetched, not yet trained on) to `ready_queue`, and the next
+    epoch begins with them. On JAX and PyTorch `fit` builds the model from one
+    batch of a pass it then stops (`_symbolic_build`), so every epoch begins
+    with up to `max_queue_size` batches of the epoch before; TensorFlow's `fit`
+    does no such pass.
+
+    `labels` follows that queue: `(version, index)` for a batch submitted when
+    `version()` was what it returns then (the PyDataset's `on_epoch_end` calls
+    so far), `(PRE, j)` for the `j`-th batch already in `ready_queue` when the
+    watch began (`ready_before`).
+    """
+
+    PRE = -1
+
+    def __init__(self, enqueuer, version):
+        self.enqueuer = enqueuer
+        self.version = version
+        self.active = True
+        self.ready_before = list(enqueuer.ready_queue.queue)
+        self.labels = collections.deque((self.PRE, j) for j in range(len(self.ready_before)))
+        # Batches left in `future_queue` (a stop that timed out waiting): unknown.
+        self.labels.extend((self.PRE, -1) for _ in range(enqueuer.future_queue.qsize()))
+        send, get = enqueuer._send_py_dataset, enqueuer.get
+
+        def send_py_dataset():
+            if not isinstance(enqueuer.indices, _LabelledIndices):
+                enqueuer.indices = _LabelledIndices(enqueuer.indices, self)
+            return send()
+
+        def labelled_get():
+            for inputs in get():
+                if self.active and self.labels:
+                    self.labels.popleft()
+                yield inputs
+
+        enqueuer._send_py_dataset = send_py_dataset
+        enqueuer.get = labelled_get
+
+    def queued(self) -> list:
+        """The labels of the batches queued now, the next one `fit` gets first."""
+        return list(self.labels)
+
+    def running(self) -> bool:
+        return self.enqueuer.is_running()
+
+    def replace_ready(self, batches: list, labels: list) -> None:
+        """Makes `batches` (labelled `labels`) the whole queue; the enqueuer must be stopped."""
+        enqueuer = self.enqueuer
+        while True:  # a future left behind by a stop: not a batch of the run resumed
+            try:
+                enqueuer.future_queue.get_nowait()
+                enqueuer.future_queue.task_done()
+            except queue.Empty:
+                break
+        ready = enqueuer.ready_queue
+        with ready.mutex:
+            ready.queue.clear()
+            ready.queue.extend(batches)
+        self.labels = collections.deque(labels)
+
+    def detach(self) -> None:
+        self.active = False
+        enqueuer = self.enqueuer
+        for attribute in ("_send_py_dataset", "get"):
+            enqueuer.__dict__.pop(attribute, None)
+        indices = getattr(enqueuer, "indices", None)
+        if isinstance(indices, _LabelledIndices) and indices.watch is self:
+            enqueuer.indices = indices.inner
+
+
 def iterators_draw_lazily() -> bool:
     """Whether `fit`'s `_get_iterator` returns something that makes the data
     iterator only when first drawn from (JAX, PyTorch) rather than at once (TensorFlow)."""
@@ -1209,20 +1442,37 @@ def is_end_of_data(error: BaseException) -> bool:
     return False
 
 
-def open_iterator(epoch_iterator) -> None:
-    """Makes the data iterator `fit` makes at an epoch's start, and draws nothing from it.
+def open_iterator(epoch_iterator, draw: int | None = 0) -> None:
+    """Makes the data iterator `fit` makes at an epoch's start, and draws `draw` batches.
 
     What matters is what making it changes: a `tf.data` shuffle reshuffles per
-    iterator. On TensorFlow `_get_iterator` makes the dataset's iterator; on JAX
-    and PyTorch it returns a generator (or loader) that makes one only when
-    first drawn from, so the dataset's iterator is made here directly.
+    iterator, and one read through fills a `.cache()`. On TensorFlow
+    `_get_iterator` makes the dataset's iterator; on JAX and PyTorch it returns
+    a generator (or loader) that makes one only when first drawn from, so the
+    dataset's iterator is made here directly. `draw=None` draws to the end.
     """
     iterator = epoch_iterator._get_iterator()
     dataset = getattr(getattr(epoch_iterator, "data_adapter", None), "_dataset", None)
     if name() != "tensorflow" and _is_tf_dataset(dataset):
-        iter(dataset)
+        made = iter(dataset)
     else:
-        iter(iterator)
+        made = iter(iterator)
+    drawn = 0
+    while draw is None or drawn < draw:
+        try:
+            next(made)
+        except StopIteration:
+            break
+        except Exception as e:  # noqa: BLE001 - TensorFlow's end of data
+            if is_end_of_data(e):
+                break
+            raise
+        drawn += 1
+
+
+def batches_per_epoch(epoch_iterator) -> int | None:
+    """The batches `fit` draws from each epoch's iterator; None: until the data ends."""
+    return getattr(epoch_iterator, "_num_batches", None) or None
 
 
 def _is_tf_dataset(value) -> bool:

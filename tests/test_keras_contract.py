@@ -127,6 +127,27 @@ INTERNALS = [
 if "jax" in FIT_BACKENDS:
     INTERNALS.append(("keras.src.backend.jax.trainer", "JAXTrainer.jax_state_sync", (1, ())))
 
+# backend.py: a PyDataset's enqueuer (EnqueuerWatch), a Python generator's adapter, and
+# the tf.data pipeline's steps, functions and caches (pipeline_state.py).
+_PYDATASET = "keras.src.trainers.data_adapters.py_dataset_adapter"
+INTERNALS += [
+    (_PYDATASET, "PyDatasetAdapter.on_epoch_begin", (1, ())),
+    (_PYDATASET, "PyDatasetEnqueuer._send_py_dataset", (1, ())),
+    (_PYDATASET, "PyDatasetEnqueuer.is_running", (1, ())),
+    (_PYDATASET, "OrderedEnqueuer._run", (1, ())),
+    (_PYDATASET, "OrderedEnqueuer.get", (1, ())),
+    ("keras.src.trainers.data_adapters.generator_data_adapter", "peek_and_restore", (1, ())),
+    ("keras.src.trainers.data_adapters.generator_data_adapter", "GeneratorDataAdapter", (1, ())),
+    ("tensorflow.python.data.ops.cache_op", "CacheDataset", (2, ())),
+    ("tensorflow.python.data.ops.dataset_ops", "DatasetV2._inputs", (1, ())),
+    ("tensorflow.python.data.ops.dataset_ops", "DatasetV2._functions", (1, ())),
+]
+try:
+    importlib.import_module("keras.src.layers.preprocessing.data_layer")
+    INTERNALS.append(("keras.src.layers.preprocessing.data_layer", "DataLayer", (0, ())))
+except ImportError:  # Keras before 3.12
+    INTERNALS.append(("keras.src.layers.preprocessing.tf_data_layer", "TFDataLayer", (0, ())))
+
 
 @pytest.mark.parametrize(
     ("module", "qualname", "call"), INTERNALS, ids=[f"{m}:{q}" for m, q, _ in INTERNALS]
@@ -567,6 +588,52 @@ def _(fits, tmp_path):
     assert len(begins) == 2
     for i in begins:
         assert log[i + 1][0] == "iter" and torch.equal(log[i + 1][1], log[i][1])
+
+
+@behaviour("OrderedEnqueuer: indices set before _send_py_dataset; ready_queue first; stop drains")
+def _(fits, tmp_path):
+    from keras.src.trainers.data_adapters.py_dataset_adapter import OrderedEnqueuer
+
+    x, y = tiny_data(16)
+    dataset = _Shuffling(x, y)
+    enqueuer = OrderedEnqueuer(dataset, workers=2)
+    watch = backend.EnqueuerWatch(enqueuer, lambda: 0)
+    enqueuer.start()
+    first = next(enqueuer.get())
+    enqueuer.stop()  # the batches prefetched behind `first` move to ready_queue
+    queued = list(enqueuer.ready_queue.queue)
+    labels = [index for _, index in watch.queued()]
+    watch.detach()
+    # Every batch submitted is first, queued, or (a stop that timed out) still a future.
+    assert len(labels) == len(queued) + enqueuer.future_queue.qsize() == dataset.num_batches - 1
+    assert all(np.array_equal(b[0], dataset[i][0]) for b, i in zip(queued, labels))
+    assert not any(np.array_equal(first[0], dataset[i][0]) for i in labels)
+
+
+@behaviour("GeneratorDataAdapter keeps the generator in its chaining function")
+def _(fits, tmp_path):
+    from keras.src.trainers.data_adapters.generator_data_adapter import GeneratorDataAdapter
+
+    def batches():
+        yield np.zeros((2, 3)), np.zeros((2, 1))
+
+    generator = batches()
+    iterator = type("EpochIterator", (), {"data_adapter": GeneratorDataAdapter(generator)})()
+    assert backend.python_generator_of(iterator) is generator
+
+
+@behaviour("tf.data: CacheDataset._filename, functions' graph.variables")
+def _(fits, tmp_path):
+    import tensorflow as tf
+
+    flip = keras.layers.RandomFlip("horizontal")
+    ds = tf.data.Dataset.from_tensor_slices(np.zeros((4, 2, 2, 1), "float32"))
+    ds = ds.cache(str(tmp_path / "c")).map(flip).cache()
+    assert backend.cache_ops(ds) == ["", str(tmp_path / "c")]
+    found = backend.seed_generators_reading(
+        backend.pipeline_variables(ds), backend.live_seed_generators()
+    )
+    assert len(found) == 1 and found[0] in backend.layer_seed_generators(flip)
 
 
 @pytest.mark.parametrize("check", BEHAVIOURS)

@@ -103,6 +103,7 @@ class FullStateResume(SessionCallback):
             return
         self._prepend_history()
         self._restore_callbacks()
+        self.session.tracker.restore_pipeline(self._bundle, self.ckpt.location)
         # The epoch's shuffle is drawn from the process's generators after this
         # call (NumPy's on JAX, torch's on PyTorch): put them where the original
         # run had them when this epoch began.

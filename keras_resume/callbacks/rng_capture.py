@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from keras_resume.callbacks.session import SessionCallback
-from keras_resume.state import rng_state
+from keras_resume.state import pipeline_state, rng_state
 
 
 class RngCapture(SessionCallback):
@@ -16,6 +16,10 @@ class RngCapture(SessionCallback):
     Captured: Python's `random`, NumPy's global generator, the backend's global
     generators (TensorFlow's op-seed generator and global `tf.random.Generator`),
     and every `keras.random.SeedGenerator` of the model plus Keras's global one.
+    SeedGenerators outside the model that a `tf.data` pipeline's `map` reads
+    (Keras augmentation layers mapped over the dataset) are found and captured
+    too, as each epoch's data iterator is made. Pass others the pipeline uses
+    (in a `PyDataset`, a generator, a `tf.py_function`) as `extra`.
     Not captured: generators your own code creates (`numpy.random.default_rng()`).
 
     Example:
@@ -29,13 +33,22 @@ class RngCapture(SessionCallback):
 
     Args:
         ckpt: a `CheckpointDirectory` or a path.
+        extra: SeedGenerators, or layers holding them, that the data pipeline
+            draws from outside the model and that keras_resume cannot find.
     """
 
     section = "rng"
 
+    def __init__(self, ckpt, extra=(), **kwargs):
+        super().__init__(ckpt, **kwargs)
+        self.extra = list(extra)
+        pipeline_state.generators_of(self.extra)  # a wrong item fails now, by name
+
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self.session.providers[self.section] = self
+        if self.extra:
+            self.session.tracker.pipeline.add(self.extra)
 
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch, logs)

@@ -102,7 +102,7 @@ class TrainingSession:
     def capture(self, mid_epoch: bool) -> StateBundle:
         backend.sync_state(self.model)
         bundle = StateBundle()
-        bundle.meta["data"] = self.tracker.capture(mid_epoch)
+        bundle.meta["data"] = self.tracker.capture(mid_epoch, bundle)
         if mid_epoch:
             model_state.capture_metrics(self.model, bundle)
         model_state.capture_replicas(self.model, bundle)

@@ -106,11 +106,20 @@ def _check(bundle: StateBundle) -> None:
             _is(record, dict, f"data.generators[{i}]")
             for key in ("role", "device", "state"):  # state: base64, checked as it is set
                 _is(record.get(key), str, f"data.generators[{i}].{key}")
+        if "enqueuer_ready" in data:
+            for i, label in enumerate(_is(data["enqueuer_ready"], list, "data.enqueuer_ready")):
+                where = f"data.enqueuer_ready[{i}]"
+                _in_range(_ints(label, where, 2), -1, 10**9, where)
     if "rng" in meta:
         rng = _is(meta["rng"], dict, "rng")
         _process_rng(rng.get("process"), "rng.process")
         if "epoch_start" in rng:
             _process_rng(rng["epoch_start"], "rng.epoch_start")
+    if "data_seed_generators" in meta:
+        names = _is(meta["data_seed_generators"], list, "data_seed_generators")
+        for i, name in enumerate(names):
+            _is(name, str, f"data_seed_generators[{i}]")
+        _arrays(bundle, "data_seed_generators", len(names), "data_seed_generators")
     if "seed_generators" in meta:
         names = _is(meta["seed_generators"], list, "seed_generators")
         for i, name in enumerate(names):
