@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
-from keras_resume import backend
+from keras_resume import backend, processes
 from keras_resume import manifest as mf
-from keras_resume import processes
 from keras_resume.directory import CheckpointDirectory, LoadedCheckpoint, as_directory
 from keras_resume.state import model_state, rng_state, schema
 

@@ -10,7 +10,7 @@ from keras_resume import manifest as mf
 from keras_resume.callbacks.session import SessionCallback
 from keras_resume.errors import CheckpointMismatchError, NoCheckpointError
 from keras_resume.restoring import assign_loaded, info_for, load_into_model
-from keras_resume.state import model_state, rng_state
+from keras_resume.state import append_logs, model_state, rng_state
 
 logger = logging.getLogger("keras_resume")
 
@@ -90,6 +90,7 @@ class FullStateResume(SessionCallback):
         if entry.get("training_stopped"):
             epoch, step = max(self.params.get("epochs", epoch), epoch), 0
         self._warn_missing(bundle, entry)
+        self._cut_back_logs(bundle, entry)
         session = self.session
         backend.set_initial_epoch(self.model, epoch)
         session.cleanups.append(lambda: backend.set_initial_epoch(self.model, None))
@@ -285,6 +286,18 @@ class FullStateResume(SessionCallback):
         for key, values in history.history.items():
             merged.setdefault(key, []).extend(values)
         history.history = merged
+
+    def _cut_back_logs(self, bundle, entry) -> None:
+        """Rows a CSVLogger(append=True) wrote after the backup go: the epochs are trained again."""
+        where = self.ckpt.checkpoint_path(entry)
+        problems = append_logs.cut_back(self.session.append_loggers, bundle, where)
+        if problems:
+            warnings.warn(
+                f"Resuming from backup {where}: a log appended to was not cut back to its "
+                f"length then, so rows of the epochs trained again may appear twice: "
+                f"{'; '.join(problems)}. Remove those rows by hand, or log to a regular file.",
+                stacklevel=3,
+            )
 
     def _warn_missing(self, bundle, entry) -> None:
         where = self.ckpt.checkpoint_path(entry)

@@ -16,7 +16,7 @@ import keras
 from keras_resume import backend, processes
 from keras_resume.directory import CheckpointDirectory, as_directory
 from keras_resume.errors import DirectoryLockedError, KerasResumeError, SaveError
-from keras_resume.state import model_state
+from keras_resume.state import append_logs, model_state
 from keras_resume.state.bundle import StateBundle
 from keras_resume.state.data_state import DataTracker
 
@@ -60,6 +60,8 @@ class TrainingSession:
         self._wait_on_error()
         self.tracker = DataTracker(model, epoch_iterator)
         self.fit = fit_ordinal(model)  # recorded in every checkpoint of this fit
+        # The fit's CSVLogger(append=True): each backup records their files' length.
+        self.append_loggers = append_logs.appending_loggers(backend.fit_callbacks(model))
         # Set by FullStateResume: batches [0, skip_steps) of skip_epoch were
         # trained before the interruption and are only drawn, not trained.
         self.skip_epoch: int | None = None
@@ -120,6 +122,8 @@ class TrainingSession:
         if mid_epoch:
             model_state.capture_metrics(self.model, bundle)
         model_state.capture_replicas(self.model, bundle)
+        if self.append_loggers:
+            append_logs.capture(self.append_loggers, bundle)
         for provider in self.providers.values():
             provider.capture_state(self.model, bundle)
         return bundle
