@@ -88,30 +88,41 @@ def cut_back(loggers: list, bundle: StateBundle | None, where) -> list[str]:
 
 
 def _truncate(path: str, length: int, where) -> str | None:
-    flags = os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags)
+        st = os.lstat(path)
     except FileNotFoundError:
         return None  # nothing to cut: CSVLogger starts it again
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return (
-                f"{path} is a symbolic link; keras_resume does not cut back a file through a link"
-            )
-        return f"{path} cannot be opened ({e})"
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return f"{path} is not a regular file (mode {stat.filemode(st.st_mode)})"
-        if st.st_size < length:
-            return (
-                f"{path} holds {st.st_size} bytes, fewer than the {length} it held when "
-                f"backup {where} was taken (it was edited or replaced); it is left as it is"
-            )
-        if st.st_size > length:
-            os.ftruncate(fd, length)
-            os.fsync(fd)
-            logger.info("Cut %s back to %d bytes, its length at backup %s", path, length, where)
-        return None
-    finally:
-        os.close(fd)
+    if stat.S_ISREG(st.st_mode):
+        flags = os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        try:  # no link followed, even one planted since the lstat
+            fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                return f"{path} cannot be opened ({e})"
+            st = os.lstat(path)
+        else:
+            try:
+                return _cut(fd, path, length, where)
+            finally:
+                os.close(fd)
+    if stat.S_ISLNK(st.st_mode):
+        return f"{path} is a symbolic link; keras_resume does not cut a file back through a link"
+    return f"{path} is not a regular file (mode {stat.filemode(st.st_mode)})"
+
+
+def _cut(fd: int, path: str, length: int, where) -> str | None:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a regular file (mode {stat.filemode(st.st_mode)})"
+    if st.st_size < length:
+        return (
+            f"{path} holds {st.st_size} bytes, fewer than the {length} it held when "
+            f"backup {where} was taken (it was edited or replaced); it is left as it is"
+        )
+    if st.st_size > length:
+        os.ftruncate(fd, length)
+        os.fsync(fd)
+        logger.info("Cut %s back to %d bytes, its length at backup %s", path, length, where)
+    return None
