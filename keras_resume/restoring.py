@@ -86,8 +86,9 @@ def assign_loaded(model, loaded: LoadedCheckpoint, where: str, with_optimizer: b
     `load_into_model` checks first, then calls this; `FullStateResume` calls it
     once more where the resumed run reaches the instant the backup was taken,
     overwriting whatever callbacks changed since (a `LearningRateScheduler`
-    in `on_epoch_begin`). Every value is staged and checked before the first
-    assignment: all or nothing. Returns the SeedGenerators not restored.
+    in `on_epoch_begin`). Every variable's value is staged and checked before
+    the first assignment (all or nothing), then SeedGenerators are matched by
+    position and shape. Returns the SeedGenerators not restored.
     """
     bundle = loaded.bundle
     backend.sync_state(model)  # JAX: fit then reads the state back from the variables
