@@ -396,7 +396,10 @@ def record_history(manifest: dict, epoch: int, logs: dict, fit: int = 0) -> None
     """Sets the logs of one epoch of fit number `fit`, replacing a record left by an
     interrupted attempt."""
     history = [h for h in manifest["history"] if (fit_of(h), h["epoch"]) != (fit, epoch)]
-    history.append({"epoch": epoch, "fit": fit, "logs": json_safe_logs(logs)})
+    record = {"epoch": epoch, "logs": json_safe_logs(logs)}
+    if fit:  # a first fit's records read as before fits were told apart
+        record["fit"] = fit
+    history.append(record)
     manifest["history"] = sorted(history, key=lambda h: (fit_of(h), h["epoch"]))
 
 

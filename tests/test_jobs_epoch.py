@@ -223,7 +223,7 @@ def test_fine_tuning_phases_in_one_directory_resume_the_interrupted_phase(tmp_pa
     assert [(r["fit"], r["epoch"]) for r in resumes[-2:]] == [(0, 2), (1, 3)]
     new = [c for c in ckpt.checkpoints() if c["id"] not in ids_before]
     assert new and all(mf.fit_of(c) == 1 for c in new)  # the finished phase trained nothing
-    assert [(h["fit"], h["epoch"]) for h in ckpt.read_manifest()["history"]] == [
+    assert [(mf.fit_of(h), h["epoch"]) for h in ckpt.read_manifest()["history"]] == [
         (0, 0),
         (0, 1),
         (1, 2),
@@ -281,8 +281,6 @@ def test_an_old_manifest_without_fits_reads_as_fit_0(tmp_path):
     manifest = ckpt.read_manifest()
     for entry in manifest["checkpoints"]:
         del entry["fit"]
-    for record in manifest["history"]:
-        del record["fit"]
     mf.write_manifest(ckpt.manifest_path, manifest)
     newest = manifest["checkpoints"][-1]["id"]
     assert ckpt.select("latest", fit=0)["id"] == newest
@@ -293,6 +291,18 @@ def test_an_old_manifest_without_fits_reads_as_fit_0(tmp_path):
     model = _model()
     history = _fit(model, tmp_path / "run", epochs=1)  # fit 0: resumed as finished
     assert history.epoch == [0]
+
+
+def test_history_records_of_another_fit_are_kept_apart():
+    manifest = mf.new_manifest()
+    mf.record_history(manifest, 2, {"loss": 1.0}, fit=1)
+    mf.record_history(manifest, 2, {"loss": 3.0})  # fit 0 ran to epoch 3 before
+    mf.record_history(manifest, 2, {"loss": 0.5}, fit=1)  # a replayed epoch replaces its own
+    assert manifest["history"] == [
+        {"epoch": 2, "logs": {"loss": 3.0}},
+        {"epoch": 2, "fit": 1, "logs": {"loss": 0.5}},
+    ]
+    mf.validate(manifest)
 
 
 def test_a_negative_fit_is_refused(tmp_path):
