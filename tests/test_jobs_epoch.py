@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 import keras_resume as kr
+from keras_resume import inspect as kri
 from keras_resume import manifest as mf
 from keras_resume.callbacks import session as session_module
 from keras_resume.directory import _drop_old
@@ -272,6 +273,13 @@ def test_retention_keeps_the_newest_backup_of_every_other_fit():
     doomed = _drop_old(manifest, "backup", 2, fit=2)
     assert [c["id"] for c in doomed] == [0, 1, 3, 5]
     assert [c["id"] for c in manifest["checkpoints"]] == [2, 4, 6, 7]
+
+
+def test_prune_keeps_the_newest_backup_of_every_fit():
+    manifest = _manifest_with_fits([0, 0, None, 1, 1])
+    plan = kri._prune_plan(manifest, keep_last=1, keep_best=0, every=None)
+    assert sorted(plan) == [2, 4]
+    assert plan[2] == ["newest backup of fit 0"]
 
 
 def test_an_old_manifest_without_fits_reads_as_fit_0(tmp_path):
