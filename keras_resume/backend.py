@@ -6,6 +6,7 @@ The rest of keras_resume calls only these functions. Supporting another backend
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import functools
@@ -903,6 +904,81 @@ def capture_backend_rng() -> dict:
     return state
 
 
+def pipeline_generators(epoch_iterator) -> list[tuple[str, object]]:
+    """`[(role, generator)]`: the torch generators a `torch.utils.data.DataLoader`
+    given to `fit` draws its order from, besides torch's default generator.
+
+    Each `iter(loader)` draws a seed from `loader.generator`, and its first batch
+    draws the permutation of a `RandomSampler` from `sampler.generator` (or a
+    `batch_sampler`'s sampler's). A generator the user made (`DataLoader(...,
+    generator=torch.Generator().manual_seed(0))`) is in no process-wide state:
+    it is captured here. torch's default generator (a `None` generator) is left
+    out: `capture_backend_rng` holds it. The same generator under several
+    roles is listed once. Only on JAX and PyTorch, where `fit` makes each
+    epoch's loader iterator on the training thread when the epoch begins; on
+    TensorFlow `tf.data` iterates the loader on its own threads.
+    """
+    if name() not in ("torch", "jax") or "torch" not in sys.modules:
+        return []
+    import torch
+    from keras.src.trainers.data_adapters.torch_data_loader_adapter import (
+        TorchDataLoaderAdapter,
+    )
+
+    adapter = getattr(epoch_iterator, "data_adapter", None)
+    if not isinstance(adapter, TorchDataLoaderAdapter):
+        return []
+    loader = adapter.get_torch_dataloader()
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    candidates = [
+        ("DataLoader.generator", getattr(loader, "generator", None)),
+        ("DataLoader.sampler.generator", getattr(loader.sampler, "generator", None)),
+        (
+            "DataLoader.batch_sampler.sampler.generator",
+            getattr(getattr(batch_sampler, "sampler", None), "generator", None),
+        ),
+    ]
+    found, seen = [], {id(torch.default_generator)}
+    for role, generator in candidates:
+        if isinstance(generator, torch.Generator) and id(generator) not in seen:
+            seen.add(id(generator))
+            found.append((role, generator))
+    return found
+
+
+def capture_generators(generators) -> list[dict]:
+    """JSON-able states of `pipeline_generators`' generators: `get_state()` as base64."""
+    return [
+        {
+            "role": role,
+            "device": str(generator.device),
+            "state": base64.b64encode(generator.get_state().numpy().tobytes()).decode("ascii"),
+        }
+        for role, generator in generators
+    ]
+
+
+def restore_generators(generators, saved: list) -> list[str]:
+    """Sets `capture_generators`' states; returns what could not be set."""
+    live = dict(generators)
+    problems = []
+    for record in saved:
+        role = record.get("role")
+        generator = live.pop(role, None)
+        if generator is None:
+            problems.append(f"{role} was saved, but the DataLoader has no such generator now")
+            continue
+        import torch
+
+        try:
+            raw = base64.b64decode(record["state"], validate=True)
+            generator.set_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            problems.append(f"{role} ({record.get('device')}): saved state not usable ({e})")
+    problems += [f"{role} is not in the checkpoint" for role in live]
+    return problems
+
+
 def _global_seed():
     """The seed of `keras.utils.set_random_seed` (or `tf.random.set_seed`), None if unseeded.
 
@@ -1206,6 +1282,38 @@ def untrained_result(model, args: tuple, metrics_restored: bool):
     with StatelessScope(state_mapping=list(zip(model.metrics_variables, metrics))):
         logs = model.get_metrics_result()
     return logs, (*state[:-1], metrics)
+
+
+def build_from_data(model, epoch_iterator) -> bool:
+    """Builds a model that `fit` builds only at its first batch, drawing no batch.
+
+    On TensorFlow without a `tf.distribute` strategy, `fit` builds nothing
+    before `on_train_begin`: a subclassed model never called before `fit` gets
+    its variables when the first train step is traced. A resume must load them
+    earlier, so the model is built here as Keras's `_symbolic_build` builds it,
+    on symbolic inputs of the dataset's `element_spec`: no iterator is made, no
+    batch drawn. The optimizers are left to `ensure_built`, which builds each
+    on the variables the checkpoint's was built on. Returns whether it built.
+    On JAX and PyTorch (and with a strategy) `fit` has built the model already.
+    """
+    dataset = getattr(epoch_iterator, "_distributed_dataset", None)
+    spec = getattr(dataset, "element_spec", None)
+    if spec is None:
+        return False
+    from keras.src import tree
+    from keras.src.backend import compute_output_spec
+    from keras.src.trainers.data_adapters import data_adapter_utils
+
+    def symbolic(value):
+        if value is None:
+            return None
+        dtype = keras.backend.standardize_dtype(value.dtype)
+        return keras.KerasTensor(value.shape, dtype)
+
+    x, _, _ = data_adapter_utils.unpack_x_y_sample_weight(tree.map_structure(symbolic, spec))
+    compute_output_spec(model, x, training=False)
+    model._post_build()
+    return True
 
 
 def build_metrics(model, batch) -> None:

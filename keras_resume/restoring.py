@@ -44,7 +44,11 @@ class RestoreInfo:
 
 
 def load_into_model(
-    model, ckpt: CheckpointDirectory, loaded: LoadedCheckpoint, with_optimizer: bool = True
+    model,
+    ckpt: CheckpointDirectory,
+    loaded: LoadedCheckpoint,
+    with_optimizer: bool = True,
+    build=None,
 ):
     """Checks, then loads weights, optimizer and SeedGenerator states of a read checkpoint.
 
@@ -52,11 +56,13 @@ def load_into_model(
     checkpoint's state bundle (None for a weights-only checkpoint).
     `with_optimizer=False` loads the model's own variables only (a model
     without an optimizer: `inspect.load_model` of an uncompiled model).
+    `build`: builds a model whose variables do not exist yet (see
+    `model_state.ensure_built`); returns whether it built.
     """
     entry, bundle = loaded.entry, loaded.bundle
     where = str(ckpt.checkpoint_path(entry))
     saved = loaded.fingerprint if loaded.fingerprint is not None else ckpt.fingerprint_of(entry)
-    model_state.ensure_built(model, saved, where)
+    model_state.ensure_built(model, saved, where, build)
     model_state.check_compatible(saved, model, where, with_optimizer)
     if bundle is not None:
         schema.check_bundle(bundle, ckpt.checkpoint_path(entry))

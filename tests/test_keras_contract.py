@@ -92,6 +92,18 @@ INTERNALS = [
         "PyDatasetAdapter.on_epoch_end",
         (1, ()),
     ),
+    # backend.py: a model fit builds at its first batch, built from the data's spec.
+    ("keras.src.backend", "compute_output_spec", (2, ("training",))),
+    ("keras.src.trainers.data_adapters.data_adapter_utils", "unpack_x_y_sample_weight", (1, ())),
+    ("keras.src.tree", "map_structure", (2, ())),
+    ("keras.src.layers.layer", "Layer._post_build", (1, ())),
+    # backend.py and state/data_state.py: a torch DataLoader's generators.
+    (
+        "keras.src.trainers.data_adapters.torch_data_loader_adapter",
+        "TorchDataLoaderAdapter.get_torch_dataloader",
+        (1, ()),
+    ),
+    ("keras.src.trainers.data_adapters.data_adapter", "DataAdapter.on_epoch_begin", (1, ())),
     # callbacks/: BestCheckpoint is a MonitorCallback; messages go through io_utils.
     (
         "keras.src.callbacks.monitor_callback",
@@ -500,6 +512,87 @@ def _(fits, tmp_path):
 @behaviour("Trainer._distribute_strategy", backends=("tensorflow",))
 def _(fits, tmp_path):
     assert hasattr(fits["numpy"][0], "_distribute_strategy")
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__(name="subclassed")
+        self.hidden = keras.layers.Dense(4, name="hidden")
+        self.head = keras.layers.Dense(1, name="head")
+
+    def call(self, x, training=False):
+        return self.head(self.hidden(x))
+
+
+class _BuildProbe(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        model = self.model
+        self.built_by_fit = all(layer.built for layer in (model.hidden, model.head))
+        iterator = backend.find_epoch_iterator(model)
+        self.built_here = backend.build_from_data(model, iterator)
+        self.shapes = [tuple(v.shape) for v in model.weights]
+        self.optimizer_built = model.optimizer.built
+
+
+@behaviour("Trainer.fit builds a never-called subclassed model before on_train_begin, or not")
+def _(fits, tmp_path):
+    x, y = tiny_data(16)
+    model = _Subclassed()
+    model.compile(optimizer="sgd", loss="mse")
+    probe = _BuildProbe()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[probe])
+    # TensorFlow (no strategy) builds it as it traces the first step; JAX and
+    # PyTorch in _symbolic_build before the callbacks. build_from_data builds it
+    # from TFEpochIterator._distributed_dataset.element_spec, the optimizer left unbuilt.
+    assert probe.built_by_fit is (BACKEND != "tensorflow")
+    assert probe.built_here is (BACKEND == "tensorflow")
+    assert probe.shapes == [(3, 4), (4,), (4, 1), (1,)]
+    assert probe.optimizer_built is (BACKEND != "tensorflow")
+
+
+@behaviour(
+    "DataLoader: iter() right after DataAdapter.on_epoch_begin, drawing from its generator",
+    backends=("torch", "jax"),
+)
+def _(fits, tmp_path):
+    import torch
+
+    log = []
+
+    class Logging(torch.utils.data.DataLoader):
+        def __iter__(self):
+            log.append(("iter", self.generator.get_state()))
+            return super().__iter__()
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            iterator = backend.find_epoch_iterator(self.model)
+            self.generators = backend.pipeline_generators(iterator)
+            adapter = iterator.data_adapter
+            begin = adapter.on_epoch_begin
+
+            def on_epoch_begin():
+                log.append(("begin", generator.get_state()))
+                return begin()
+
+            adapter.on_epoch_begin = on_epoch_begin
+
+    x, y = tiny_data(16)
+    generator = torch.Generator().manual_seed(0)
+    loader = Logging(
+        torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+        batch_size=8,
+        shuffle=True,
+        generator=generator,
+    )
+    assert loader.sampler.generator is generator  # RandomSampler draws its order from it
+    probe = Probe()
+    _model().fit(loader, epochs=2, verbose=0, shuffle=False, callbacks=[probe])
+    assert probe.generators == [("DataLoader.generator", generator)]
+    begins = [i for i, (what, _) in enumerate(log) if what == "begin"]
+    assert len(begins) == 2
+    for i in begins:
+        assert log[i + 1][0] == "iter" and torch.equal(log[i + 1][1], log[i][1])
 
 
 @pytest.mark.parametrize("check", BEHAVIOURS)

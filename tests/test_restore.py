@@ -91,3 +91,48 @@ def test_restore_by_id(trained, ckpt_dir):
     fresh(np.zeros((1, 3)))
     info = kr.restore(fresh, ckpt_dir, which=entries[0]["id"])
     assert info.checkpoint_id == entries[0]["id"]
+
+
+class _NeverCalled(keras.Model):
+    """keras.io's subclassing: layers in __init__, built by fit's first batch."""
+
+    def __init__(self):
+        super().__init__(name="never_called")
+        self.hidden = keras.layers.Dense(4, activation="relu", name="hidden")
+        self.dropout = keras.layers.Dropout(0.2, name="dropout")
+        self.head = keras.layers.Dense(1, name="head")
+
+    def call(self, x, training=False):
+        return self.head(self.dropout(self.hidden(x), training=training))
+
+
+def _fit_never_called(directory, epochs):
+    keras.utils.set_random_seed(0)
+    model = _NeverCalled()
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9, name="sgd"), "mse")
+    ckpt = kr.CheckpointDirectory(directory)
+    resume = kr.FullStateResume(ckpt)
+    callbacks = [resume, kr.StepBackup(ckpt, every_n_steps=3), kr.RngCapture(ckpt)]
+    x, y = tiny_data()
+    model.fit(x, y, batch_size=8, epochs=epochs, verbose=0, callbacks=callbacks)
+    return model, resume
+
+
+def test_subclassed_model_never_called_resumes_in_fit(tmp_path):
+    # On TensorFlow `fit` builds such a model only as it traces the first step,
+    # after on_train_begin: FullStateResume builds it from the data's shapes.
+    _fit_never_called(tmp_path / "run", epochs=1)
+    resumed, resume = _fit_never_called(tmp_path / "run", epochs=2)
+    assert resume.resumed_from is not None and resume.resumed_from.initial_epoch == 1
+    uninterrupted, _ = _fit_never_called(tmp_path / "control", epochs=2)
+    assert [v.path for v in resumed.weights] == [v.path for v in uninterrupted.weights]
+    for a, b in zip(all_variables(resumed), all_variables(uninterrupted), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_restore_outside_fit_still_refuses_a_never_called_model(tmp_path):
+    _fit_never_called(tmp_path / "run", epochs=1)
+    model = _NeverCalled()
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9, name="sgd"), "mse")
+    with pytest.raises(ValueError, match="'never_called': the model is not built"):
+        kr.restore(model, tmp_path / "run")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 
@@ -86,7 +87,10 @@ class FullStateResume(SessionCallback):
         info = info_for(self.ckpt, entry)
         epoch, step = info.initial_epoch, info.initial_step
         self._check_steps_per_execution(entry, step)
-        bundle = load_into_model(self.model, self.ckpt, loaded)
+        # A model fit builds only at its first batch (a subclassed model on
+        # TensorFlow, never called before fit) is built from the data's shapes.
+        build = functools.partial(backend.build_from_data, self.model, self.session.epoch_iterator)
+        bundle = load_into_model(self.model, self.ckpt, loaded, build=build)
         if entry.get("training_stopped"):
             epoch, step = max(self.params.get("epochs", epoch), epoch), 0
         self._warn_missing(bundle, entry)

@@ -23,6 +23,10 @@ class DataTracker:
         self.py_dataset = backend.py_dataset_of(self.epoch_iterator)
         self.iterators_created = 0
         self.epoch_end_rng: list[dict] = []
+        # A DataLoader's own torch generators, as each epoch's iterator was made.
+        self.generators = backend.pipeline_generators(self.epoch_iterator)
+        self.epoch_start_generators: list[dict] | None = None
+        self._pending_generators: list[dict] | None = None
         self._patched = []
         if self.epoch_iterator is None:
             warnings.warn(
@@ -45,6 +49,9 @@ class DataTracker:
         if self.py_dataset is not None:
             adapter = self.epoch_iterator.data_adapter
             self._wrap(adapter, "on_epoch_end", self._recording)
+        if self.generators:
+            # fit calls it right before it makes the epoch's iterator.
+            self._wrap(self.epoch_iterator.data_adapter, "on_epoch_begin", self._at_epoch_start)
 
     def _wrap(self, obj, attribute, make_wrapper):
         original = getattr(obj, attribute)
@@ -81,18 +88,47 @@ class DataTracker:
 
         return on_epoch_end
 
+    def _at_epoch_start(self, original):
+        def on_epoch_begin():
+            if self._pending_generators is not None:
+                # The resumed epoch: its loader draws its order from where the
+                # original run's did, so the skipped batches and the rest match.
+                self._restore_generators(self._pending_generators)
+                self._pending_generators = None
+            self.epoch_start_generators = backend.capture_generators(self.generators)
+            return original()
+
+        return on_epoch_begin
+
+    def _restore_generators(self, saved: list) -> None:
+        problems = backend.restore_generators(self.generators, saved)
+        if problems:
+            warnings.warn(
+                "keras_resume could not restore the torch generators of the DataLoader "
+                f"given to fit ({'; '.join(problems)}): the resumed epoch draws another "
+                "order than the original run. Pass the DataLoader built as in the "
+                "original run (the same sampler and generator arguments).",
+                stacklevel=3,
+            )
+
     def detach(self) -> None:
         for obj, attribute in self._patched:
             obj.__dict__.pop(attribute, None)
         self._patched = []
 
     def capture(self, mid_epoch: bool) -> dict:
-        return {
+        state = {
             "iterators_created": self.iterators_created,
             "mid_epoch": mid_epoch,
             "epoch_end_rng": list(self.epoch_end_rng),
             "tracked": self.epoch_iterator is not None,
         }
+        if self.generators:
+            # The resume epoch's start: this epoch's, or (after its last batch)
+            # now, which the next epoch's iterator draws from.
+            started = self.epoch_start_generators if mid_epoch else None
+            state["generators"] = started or backend.capture_generators(self.generators)
+        return state
 
     def fast_forward(self, saved: dict, epochs_done: int) -> None:
         """Brings a fresh pipeline to where the saved one was at the resume epoch's start."""
@@ -103,6 +139,10 @@ class DataTracker:
         ahead = saved["iterators_created"] - (1 if saved["mid_epoch"] else 0)
         for _ in range(max(ahead, 0)):
             backend.open_iterator(self.epoch_iterator)
+        if saved.get("generators") and self.generators:
+            self._pending_generators = saved["generators"]
+        elif saved.get("generators"):
+            self._restore_generators(saved["generators"])  # names what is missing
         if self.py_dataset is not None:
             replay = saved["epoch_end_rng"][:epochs_done]
             for state in replay:

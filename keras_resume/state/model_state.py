@@ -71,7 +71,7 @@ def fingerprint_id(fp: dict) -> str:
     return hashlib.sha256(text).hexdigest()[:16]
 
 
-def ensure_built(model, saved: dict, where: str) -> None:
+def ensure_built(model, saved: dict, where: str, build=None) -> None:
     """Builds the optimizers as the checkpoint's were built, so their variables exist.
 
     Each optimizer the checkpoint lists as built is built on exactly the
@@ -79,9 +79,13 @@ def ensure_built(model, saved: dict, where: str) -> None:
     that was not built (the unused default of a custom model's
     `super().compile()`) stays unbuilt. A checkpoint written before
     keras_resume recorded that builds `model.optimizer` on the trainable
-    variables, as `fit` does. Refuses a model whose variables do not exist yet.
+    variables, as `fit` does. A model whose variables do not exist yet is
+    built by `build()` where given (inside `fit`: from the data's shapes, as
+    fit's first batch would build it), else refused.
     """
     missing = _differences("variable", saved["variables"], _describe(model.weights))
+    if not model.built and (missing or not model.weights) and build is not None and build():
+        missing = _differences("variable", saved["variables"], _describe(model.weights))
     if not model.built and (missing or not model.weights):
         # A model whose layers are all built (a custom model holding built
         # sub-models, never called itself) has every variable: it restores.

@@ -102,6 +102,10 @@ def _check(bundle: StateBundle) -> None:
         _in_range([created], 0, 10**6, "data.iterators_created")
         for i, state in enumerate(_is(data.get("epoch_end_rng"), list, "data.epoch_end_rng")):
             _process_rng(state, f"data.epoch_end_rng[{i}]")
+        for i, record in enumerate(_is(data.get("generators", []), list, "data.generators")):
+            _is(record, dict, f"data.generators[{i}]")
+            for key in ("role", "device", "state"):  # state: base64, checked as it is set
+                _is(record.get(key), str, f"data.generators[{i}].{key}")
     if "rng" in meta:
         rng = _is(meta["rng"], dict, "rng")
         _process_rng(rng.get("process"), "rng.process")
