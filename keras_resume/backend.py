@@ -1178,6 +1178,17 @@ def find_epoch_iterator(model):
     return frame.f_locals.get("epoch_iterator") if frame is not None else None
 
 
+def fit_callbacks(model) -> list:
+    """The callbacks of the `model.fit` call running now, in their order, or [].
+
+    Read from `fit`'s local `callbacks`, the `CallbackList` it made before
+    `on_train_begin` (user callbacks, then History and ProgbarLogger).
+    """
+    frame = _fit_frame(model, sys._getframe(1))
+    callbacks = frame.f_locals.get("callbacks") if frame is not None else None
+    return list(getattr(callbacks, "callbacks", None) or [])
+
+
 def in_fit(model, frame) -> bool:
     """Whether `frame` (e.g. where a signal arrived) is inside `model.fit`."""
     return _fit_frame(model, frame) is not None

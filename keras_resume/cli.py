@@ -236,6 +236,7 @@ def _show_entry(ckpt, manifest, entry) -> None:
         ("id", entry["id"]),
         ("dir", entry["dir"]),
         ("kind", entry["kind"]),
+        ("fit", f"{entry.get('fit', 0)} (the script's fit call it belongs to, 0-based)"),
         ("epoch", f"{entry['epoch'] + 1} (manifest epoch {entry['epoch']}, 0-based)"),
         ("step_in_epoch", entry["step_in_epoch"]),
         ("epoch_complete", entry["epoch_complete"]),

@@ -216,13 +216,14 @@ class CheckpointDirectory:
                 f"Checkpoint directory {root} points outside {self.path}; refusing to read it."
             )
 
-    def _candidates(self, which) -> tuple[dict, list[dict]]:
+    def _candidates(self, which, fit: int | None = None) -> tuple[dict, list[dict]]:
         manifest = self.read_manifest()
         if isinstance(which, int) and not isinstance(which, bool):
             candidates = [c for c in manifest["checkpoints"] if c["id"] == which]
+            candidates = [c for c in candidates if fit is None or mf.fit_of(c) == fit]
         elif which in ("latest", "best"):
             kind = "backup" if which == "latest" else "best"
-            candidates = mf.checkpoints_of_kind(manifest, kind)[::-1]
+            candidates = mf.checkpoints_of_kind(manifest, kind, fit)[::-1]
             if which == "best" and manifest["best"]:
                 best_id = manifest["best"].get("checkpoint_id")
                 candidates.sort(key=lambda c: c["id"] != best_id)
@@ -232,19 +233,20 @@ class CheckpointDirectory:
                 "Expected 'latest', 'best' or a checkpoint id (int)."
             )
         if not candidates:
+            of_fit = f" of fit {fit}" if fit is not None else ""
             raise NoCheckpointError(
-                f"No {which!r} checkpoint in {self.location} (manifest "
+                f"No {which!r} checkpoint{of_fit} in {self.location} (manifest "
                 f"{'found' if self.manifest_path.exists() else 'missing'}). Train with "
                 "StepBackup/BestCheckpoint first, or check the path."
             )
         return manifest, candidates
 
-    def _first_good(self, which, read):
-        """`read(entry, fingerprint)` for the newest candidate that does not raise
-        CheckpointCorruptError."""
+    def _first_good(self, which, read, fit: int | None = None):
+        """`read(entry, fingerprint)` for the newest candidate (of fit number `fit`,
+        if not None) that does not raise CheckpointCorruptError."""
         self.wait()  # a save of this process still committing
         errors = []
-        manifest, candidates = self._candidates(which)
+        manifest, candidates = self._candidates(which, fit)
         for entry in candidates:
             try:
                 fp = manifest["fingerprints"][entry["fingerprint"]]
@@ -257,11 +259,13 @@ class CheckpointDirectory:
             + "\n  ".join(errors)
         )
 
-    def select(self, which="latest", verify: bool = True) -> dict:
+    def select(self, which="latest", verify: bool = True, fit: int | None = None) -> dict:
         """The checkpoint to restore: "latest" backup, "best", or an id.
 
         With `verify`, damaged checkpoints are skipped with a warning that names
-        the file, falling back to the newest one that verifies.
+        the file, falling back to the newest one that verifies. With `fit`, only
+        checkpoints of that `fit` call of the script are candidates (0 for the
+        first; see `FullStateResume`).
         """
 
         def check(entry, fp):
@@ -269,16 +273,18 @@ class CheckpointDirectory:
                 self._verify_copy(entry)  # _first_good downloads a damaged copy again
             return entry
 
-        return self._first_good(which, check)
+        return self._first_good(which, check, fit)
 
-    def read_checkpoint(self, which="latest", verify: bool = True) -> LoadedCheckpoint:
+    def read_checkpoint(
+        self, which="latest", verify: bool = True, fit: int | None = None
+    ) -> LoadedCheckpoint:
         """Reads a checkpoint into memory, falling back as `select` does.
 
         The checksums are computed on another thread while the files are read
         (hashing releases the GIL), so verifying costs little on top of reading;
         nothing is returned, and so nothing loaded, unless they match.
         """
-        return self._first_good(which, lambda entry, fp: self._read(entry, fp, verify))
+        return self._first_good(which, lambda entry, fp: self._read(entry, fp, verify), fit)
 
     def _read(self, entry: dict, fp: dict, verify: bool) -> LoadedCheckpoint:
         root = self._local_copy(entry)
@@ -451,7 +457,7 @@ class CheckpointDirectory:
             manifest["next_id"] = ckpt_id + 1
             if pending.update is not None:
                 pending.update(manifest, entry)
-            doomed = _drop_old(manifest, kind, pending.keep)
+            doomed = _drop_old(manifest, kind, pending.keep, pending.position.get("fit"))
             # Each checkpoint describes itself, so a lost manifest can be rebuilt.
             storage.write_new_file(
                 staged.path / mf.SELF_DESCRIPTION,
@@ -597,12 +603,23 @@ class LoadedCheckpoint:
     fingerprint: dict | None = None
 
 
-def _drop_old(manifest: dict, kind: str, keep: int | None) -> list[dict]:
-    """Unlists all but the newest `keep` checkpoints of `kind`; returns the unlisted."""
+def _drop_old(manifest: dict, kind: str, keep: int | None, fit: int | None) -> list[dict]:
+    """Unlists all but the newest `keep` checkpoints of `kind`; returns the unlisted.
+
+    Of backups, those of fit number `fit` (the one writing); of every other fit
+    the newest backup stays: a rerun restores a finished phase from it.
+    """
     if keep is None:
         return []
     of_kind = mf.checkpoints_of_kind(manifest, kind)
-    doomed = of_kind[: max(len(of_kind) - keep, 0)]
+    if kind != "backup" or fit is None:
+        doomed = of_kind[: max(len(of_kind) - keep, 0)]
+    else:
+        doomed = []
+        for other in sorted({mf.fit_of(c) for c in of_kind}):
+            of_fit = [c for c in of_kind if mf.fit_of(c) == other]
+            doomed += of_fit[: max(len(of_fit) - (keep if other == fit else 1), 0)]
+        doomed.sort(key=lambda c: c["id"])
     doomed_ids = {c["id"] for c in doomed}
     manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c["id"] not in doomed_ids]
     used = {c["fingerprint"] for c in manifest["checkpoints"]}

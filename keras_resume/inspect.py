@@ -24,6 +24,7 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+from keras_resume import manifest as mf
 from keras_resume import storage
 from keras_resume.directory import CheckpointDirectory
 from keras_resume.errors import CheckpointCorruptError, NoCheckpointError
@@ -593,6 +594,10 @@ def _prune_plan(manifest: dict, keep_last: int, keep_best: int, every: int | Non
     bests = [c for c in manifest["checkpoints"] if c["kind"] == "best"]
     if backups:
         keep(backups[-1], "newest backup (resume point)")
+    newest_of_fit = {mf.fit_of(c): c for c in backups}  # the last of each fit wins
+    for fit, entry in sorted(newest_of_fit.items()):
+        if entry is not backups[-1]:  # a rerun of the script gets that fit back from it
+            keep(entry, f"newest backup of fit {fit}")
     best_id = _best_id(manifest)
     for entry in manifest["checkpoints"]:
         if entry["id"] == best_id:
@@ -615,7 +620,8 @@ def prune(run, keep_last=1, keep_best=1, keep_every_epochs=None, dry_run=False) 
     keeps the newest `keep_last` backups, the newest `keep_best` best
     checkpoints, and the backups written at the end of every
     `keep_every_epochs`-th epoch; the newest backup (where a resume
-    continues) and the current best are never removed. Crash-safe: the
+    continues), the newest backup of each earlier `fit` of the script (see
+    `FullStateResume`) and the current best are never removed. Crash-safe: the
     entries leave the manifest first (one atomic write, under the
     directory's writer lock, so not while a training process writes), then
     their directories are deleted; a crash in between leaves only unlisted

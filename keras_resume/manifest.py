@@ -163,6 +163,8 @@ def validate(manifest, path="<manifest>") -> None:
     for i, item in enumerate(manifest["history"]):
         _check_type(path, f"history[{i}]", item, dict)
         _check_natural(path, f"history[{i}].epoch", item.get("epoch"))
+        if "fit" in item:  # absent before keras_resume told successive fits apart: fit 0
+            _check_natural(path, f"history[{i}].fit", item["fit"])
         _check_type(path, f"history[{i}].logs", item.get("logs"), dict)
     for i, item in enumerate(manifest["resumes"]):
         _check_type(path, f"resumes[{i}]", item, dict)
@@ -269,6 +271,8 @@ def _validate_entry(path, i: int, entry, manifest: dict) -> None:
         _check_type(path, f"{where}.{key}", entry.get(key), types)
     for key in ("id", "epoch", "step_in_epoch", "global_step"):
         _check_natural(path, f"{where}.{key}", entry.get(key))
+    if "fit" in entry:  # absent before keras_resume told successive fits apart: fit 0
+        _check_natural(path, f"{where}.fit", entry["fit"])
     if "training_stopped" in entry:
         _check_type(path, f"{where}.training_stopped", entry["training_stopped"], bool)
     if entry["kind"] not in KINDS:
@@ -388,15 +392,30 @@ def json_safe_logs(logs: dict | None) -> dict:
     return out
 
 
-def record_history(manifest: dict, epoch: int, logs: dict) -> None:
-    """Sets the logs of one epoch, replacing a record left by an interrupted attempt."""
-    history = [h for h in manifest["history"] if h["epoch"] != epoch]
-    history.append({"epoch": epoch, "logs": json_safe_logs(logs)})
-    manifest["history"] = sorted(history, key=lambda h: h["epoch"])
+def record_history(manifest: dict, epoch: int, logs: dict, fit: int = 0) -> None:
+    """Sets the logs of one epoch of fit number `fit`, replacing a record left by an
+    interrupted attempt."""
+    history = [h for h in manifest["history"] if (fit_of(h), h["epoch"]) != (fit, epoch)]
+    record = {"epoch": epoch, "logs": json_safe_logs(logs)}
+    if fit:  # a first fit's records read as before fits were told apart
+        record["fit"] = fit
+    history.append(record)
+    manifest["history"] = sorted(history, key=lambda h: (fit_of(h), h["epoch"]))
 
 
-def checkpoints_of_kind(manifest: dict, kind: str | None = None) -> list[dict]:
-    return [c for c in manifest["checkpoints"] if kind is None or c["kind"] == kind]
+def fit_of(record: dict) -> int:
+    """The ordinal of the `fit` call a checkpoint entry or history record belongs to
+    (see `session.fit_ordinal`); 0 for one written before fits were told apart."""
+    return record.get("fit", 0)
+
+
+def checkpoints_of_kind(manifest: dict, kind: str | None = None, fit: int | None = None):
+    """Entries of `kind` (any if None) and of fit number `fit` (any if None), oldest first."""
+    return [
+        c
+        for c in manifest["checkpoints"]
+        if (kind is None or c["kind"] == kind) and (fit is None or fit_of(c) == fit)
+    ]
 
 
 def resume_point(entry: dict) -> tuple[int, int]:

@@ -164,17 +164,18 @@ def all_restore(job: Job, location: str) -> None:
 _NONE, _FAILED = -1, -2  # broadcast instead of a checkpoint id
 
 
-def read_agreed(ckpt, job: Job, verify: bool):
+def read_agreed(ckpt, job: Job, verify: bool, fit: int | None = None):
     """Reads the checkpoint process 0 chose, on every process; each gets its own state.
 
     Process 0 selects the newest backup that verifies and broadcasts its id (a
     collective: every process calls this at the same point of `fit`); the
     others read that checkpoint, with their own part as its state bundle.
+    With `fit`, only that fit's backups are candidates (`CheckpointDirectory.select`).
     """
     chosen, failure = _NONE, None
     if job.is_writer:
         try:
-            chosen = ckpt.select("latest", verify=verify)["id"]
+            chosen = ckpt.select("latest", verify=verify, fit=fit)["id"]
         except NoCheckpointError:
             chosen = _NONE
         except BaseException as e:  # the others must not wait for an id forever

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+from keras_resume import backend, processes
 from keras_resume import manifest as mf
-from keras_resume import processes
 from keras_resume.directory import CheckpointDirectory, LoadedCheckpoint, as_directory
 from keras_resume.state import model_state, rng_state, schema
 
@@ -27,6 +27,8 @@ class RestoreInfo:
             count; older checkpoints hold the optimizer's step count, the same without
             gradient accumulation or skipped mixed-precision steps).
         logs: the logs recorded with the checkpoint.
+        fit: which `fit` call of the script wrote it (0 for the first; see
+            `FullStateResume`).
     """
 
     checkpoint_id: int
@@ -38,6 +40,7 @@ class RestoreInfo:
     initial_step: int
     global_step: int
     logs: dict
+    fit: int = 0
 
 
 def load_into_model(
@@ -63,26 +66,47 @@ def load_into_model(
     model_state.check_compatible(saved, model, where, with_optimizer)
     if bundle is not None:
         schema.check_bundle(bundle, ckpt.checkpoint_path(entry))
-    model_state.assign_weights(model, loaded.weights, where, with_optimizer)
     rng = bundle.meta.get("rng") if bundle is not None else None
     if rng is not None and rng_state.crosses_backend(rng["process"]):
+        assign_loaded(model, loaded, where, with_optimizer)
         warnings.warn(
             f"Checkpoint {where}: model and optimizer weights restored, but "
             f"{rng_state.cross_backend_message(rng['process'])}. Training continues; it is "
             "not bit-identical to the original run.",
             stacklevel=3,
         )
-    elif bundle is not None and "seed_generators" in bundle.meta:
-        problems = rng_state.restore_seed_generators(model, bundle)
-        if problems:
-            warnings.warn(
-                f"Checkpoint {where}: SeedGenerator states not restored ({'; '.join(problems)}); "
-                "random layers will draw other numbers than the original run.",
-                stacklevel=3,
-            )
+        return bundle
+    problems = assign_loaded(model, loaded, where, with_optimizer)
+    if problems:
+        warnings.warn(
+            f"Checkpoint {where}: SeedGenerator states not restored ({'; '.join(problems)}); "
+            "random layers will draw other numbers than the original run.",
+            stacklevel=3,
+        )
+    return bundle
+
+
+def assign_loaded(model, loaded: LoadedCheckpoint, where: str, with_optimizer: bool = True):
+    """Assigns a checked checkpoint's variables and SeedGenerator states (again).
+
+    `load_into_model` checks first, then calls this; `FullStateResume` calls it
+    once more where the resumed run reaches the instant the backup was taken,
+    overwriting whatever callbacks changed since (a `LearningRateScheduler`
+    in `on_epoch_begin`). Every variable's value is staged and checked before
+    the first assignment (all or nothing), then SeedGenerators are matched by
+    position and shape. Returns the SeedGenerators not restored.
+    """
+    bundle = loaded.bundle
+    backend.sync_state(model)  # JAX: fit then reads the state back from the variables
+    model_state.assign_weights(model, loaded.weights, where, with_optimizer)
+    problems = []
+    rng = bundle.meta.get("rng") if bundle is not None else None
+    if rng is None or not rng_state.crosses_backend(rng["process"]):
+        if bundle is not None and "seed_generators" in bundle.meta:
+            problems = rng_state.restore_seed_generators(model, bundle)
     if bundle is not None:
         model_state.restore_replicas(model, bundle)
-    return bundle
+    return problems
 
 
 def info_for(ckpt: CheckpointDirectory, entry: dict) -> RestoreInfo:
@@ -97,6 +121,7 @@ def info_for(ckpt: CheckpointDirectory, entry: dict) -> RestoreInfo:
         initial_step=initial_step,
         global_step=entry["global_step"],
         logs=dict(entry["logs"]),
+        fit=mf.fit_of(entry),
     )
 
 

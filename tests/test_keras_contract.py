@@ -180,6 +180,8 @@ def test_fit_loop(name):
     function is made before `on_train_begin` and called through
     `self.train_function` with the arguments `skip_batches` expects.
     `set_initial_epoch`: `_initial_epoch` is read after `on_train_begin`.
+    `fit_callbacks`: `fit`'s local `callbacks` is the `CallbackList` made
+    before `on_train_begin`.
     """
     class_name, call = TRAINERS[name]
     trainer = getattr(importlib.import_module(f"keras.src.backend.{name}.trainer"), class_name)
@@ -190,6 +192,7 @@ def test_fit_loop(name):
     made = source.index("self.make_train_function()")
     begun = source.index("callbacks.on_train_begin()")
     assert made < begun < source.index("self._initial_epoch")
+    assert source.index("callbacks = callbacks_module.CallbackList(") < begun
     assert begun < source.index(call)
 
 
@@ -223,6 +226,7 @@ class _Probe(keras.callbacks.Callback):
         seen, model = self.seen, self.model
         iterator = backend.find_epoch_iterator(model)
         seen["epoch_iterator"] = iterator
+        seen["fit_callbacks"] = backend.fit_callbacks(model)
         seen["params"] = dict(self.params)
         seen["train_function_made"] = model.train_function is not None
         if self.initial_epoch is not None:
@@ -315,6 +319,28 @@ def _(fits, tmp_path):
     assert seen["train_function_made"]
     # Epochs 1 and 2 of 2 steps; (iterator), (state, iterator) or (data).
     assert seen["train_calls"] == [2 if BACKEND == "jax" else 1] * 4
+
+
+@behaviour("Trainer.fit:callbacks is the CallbackList, found from a callback")
+def _(fits, tmp_path):
+    found = fits["numpy"][1]["fit_callbacks"]
+    assert any(isinstance(c, _Probe) for c in found)
+    assert any(isinstance(c, keras.callbacks.History) for c in found)
+
+
+@behaviour("CSVLogger: filename, append, append_header decided in on_train_begin")
+def _(fits, tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("epoch,loss\n")
+    logger = keras.callbacks.CSVLogger(str(path), append=True)
+    assert logger.filename == str(path) and logger.append is True
+    logger.on_train_begin()
+    assert logger.append_header is False  # the file has its header: not written again
+    path.write_text("")
+    logger.append_header = True  # what append_logs.cut_back sets after cutting to nothing
+    logger.on_epoch_end(0, {"loss": 1.0})
+    logger.on_train_end()
+    assert path.read_text().splitlines()[0] == "epoch,loss,val_loss"
 
 
 @behaviour("Trainer._initial_epoch read after on_train_begin")

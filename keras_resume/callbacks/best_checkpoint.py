@@ -103,10 +103,12 @@ class BestCheckpoint(SessionCallback, backend.MonitorCallback):
             if self._is_improvement(float(current), self.best):
                 self._save(epoch, float(current), logs)
                 return
-        logs = mf.json_safe_logs(logs)
+        logs, fit = mf.json_safe_logs(logs), self.session.fit
         self.save(
             f"history of epoch {epoch + 1}",
-            lambda: lambda: self.ckpt.update_manifest(lambda m: mf.record_history(m, epoch, logs)),
+            lambda: (
+                lambda: self.ckpt.update_manifest(lambda m: mf.record_history(m, epoch, logs, fit))
+            ),
         )
 
     def _save(self, epoch: int, current: float, logs: dict) -> None:
@@ -119,7 +121,7 @@ class BestCheckpoint(SessionCallback, backend.MonitorCallback):
         }
         mode = backend.monitor_mode(self)
         monitor = self.monitor
-        logs = mf.json_safe_logs(logs)
+        logs, fit = mf.json_safe_logs(logs), self.session.fit
 
         def update(manifest, entry):
             manifest["best"] = {
@@ -129,7 +131,7 @@ class BestCheckpoint(SessionCallback, backend.MonitorCallback):
                 "epoch": epoch,
                 "checkpoint_id": entry["id"],
             }
-            mf.record_history(manifest, epoch, logs)
+            mf.record_history(manifest, epoch, logs, fit)
 
         def prepare():
             return self.snapshot("best", None, position, logs, update, self.keep)

@@ -10,8 +10,8 @@ from keras_resume import backend, processes
 from keras_resume import manifest as mf
 from keras_resume.callbacks.session import SessionCallback
 from keras_resume.errors import CheckpointMismatchError, NoCheckpointError
-from keras_resume.restoring import info_for, load_into_model
-from keras_resume.state import model_state, rng_state
+from keras_resume.restoring import assign_loaded, info_for, load_into_model
+from keras_resume.state import append_logs, model_state, rng_state
 
 logger = logging.getLogger("keras_resume")
 
@@ -27,6 +27,13 @@ class FullStateResume(SessionCallback):
     `fit` returns a `History` holding the epochs before the interruption too.
     A missing or empty directory is a fresh start. A run that had finished
     (all epochs, or stopped by `EarlyStopping`) is not trained again.
+
+    One directory can hold the successive `fit` calls of a script (fine-tuning
+    in phases: freeze, fit; unfreeze, recompile, `fit(initial_epoch=2)`). The
+    fits made on a model object are numbered (counting those that returned),
+    each checkpoint records its fit's number, and a fit resumes only from its
+    own: rerun, the script gets each finished phase back as it ended, and the
+    interrupted one continues.
 
     During the skipped batches other callbacks still see `on_train_batch_*`
     calls (with the restored running metrics as logs); keras_resume's own
@@ -57,16 +64,24 @@ class FullStateResume(SessionCallback):
         self.resumed_from = None  # RestoreInfo of the last resume, for users
         self._bundle = None
         self._history_done = True
+        # The checkpoint read, kept until the resumed run reaches the instant it
+        # was taken: see _put_back.
+        self._loaded = None
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self.resumed_from = None
         self._history_done = True
         self._bundle = None
+        self._loaded = None
         try:
             loaded = self._read_newest()
         except NoCheckpointError:
-            logger.info("No backup in %s: starting a new run", self.ckpt.location)
+            fit = self.session.fit
+            if fit:
+                logger.info("No backup of fit %d in %s: it starts afresh", fit, self.ckpt.location)
+            else:
+                logger.info("No backup in %s: starting a new run", self.ckpt.location)
             return
         entry = loaded.entry
         info = info_for(self.ckpt, entry)
@@ -79,6 +94,7 @@ class FullStateResume(SessionCallback):
         if entry.get("training_stopped"):
             epoch, step = max(self.params.get("epochs", epoch), epoch), 0
         self._warn_missing(bundle, entry)
+        self._cut_back_logs(bundle, entry)
         session = self.session
         backend.set_initial_epoch(self.model, epoch)
         session.cleanups.append(lambda: backend.set_initial_epoch(self.model, None))
@@ -88,6 +104,7 @@ class FullStateResume(SessionCallback):
         # (also what older backups saved, the optimizer's step count then).
         session.global_step = entry["global_step"]
         self._bundle = bundle
+        self._loaded = loaded
         self._history_done = False
         if step:
             self._skip_first_steps(step)
@@ -104,6 +121,8 @@ class FullStateResume(SessionCallback):
         self._prepend_history()
         self._restore_callbacks()
         self.session.tracker.restore_pipeline(self._bundle, self.ckpt.location)
+        if not self.session.skip_steps:
+            self._put_back()  # the epoch-end backup was taken here
         # The epoch's shuffle is drawn from the process's generators after this
         # call (NumPy's on JAX, torch's on PyTorch): put them where the original
         # run had them when this epoch began.
@@ -115,23 +134,38 @@ class FullStateResume(SessionCallback):
         if rng is not None:
             self.session.epoch_start_rng = (epoch, rng)
 
+    def on_train_batch_begin(self, batch, logs=None):
+        session = self.session
+        if self._loaded is not None and session.epoch == session.skip_epoch:
+            if batch >= session.skip_steps:  # the first batch trained: the backup's instant
+                self._put_back()
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self._loaded = None  # an epoch that never reached its resumed batch
+
     def on_train_end(self, logs=None):
         if self._bundle is not None and not self._history_done:
             # No epoch ran (the run had finished): callbacks listed after this one,
-            # e.g. EarlyStopping(restore_best_weights=True), end as they did then.
+            # e.g. EarlyStopping(restore_best_weights=True), end as they did then,
+            # and the generators are where that fit left them for what follows
+            # (the script's next fit shuffles from them).
             self._restore_callbacks()
+            self._restore_process_rng()
         self._prepend_history()
-        self._bundle = None
+        self._bundle = self._loaded = None
         super().on_train_end(logs)
 
     # --- helpers ------------------------------------------------------------------
 
     def _read_newest(self):
         """The newest backup that verifies; in a multi-process job, the one process 0 chose."""
-        job = self.session.job
+        # Only this fit's: an earlier phase's finished backup never goes into the
+        # next, recompiled model (see `session.fit_ordinal`).
+        job, fit = self.session.job, self.session.fit
         if not job.multi:
-            return self.ckpt.read_checkpoint("latest", verify=self.verify)
-        return processes.read_agreed(self.ckpt, job, verify=self.verify)
+            return self.ckpt.read_checkpoint("latest", verify=self.verify, fit=fit)
+        return processes.read_agreed(self.ckpt, job, verify=self.verify, fit=fit)
 
     def _check_steps_per_execution(self, entry, step: int) -> None:
         steps_per_call = _steps_per_execution(self.model)
@@ -162,6 +196,26 @@ class FullStateResume(SessionCallback):
                 + "; ".join(problems),
                 stacklevel=3,
             )
+
+    def _put_back(self) -> None:
+        """Assigns the checkpoint's variables, SeedGenerators and callback state again.
+
+        Called where the resumed run reaches the instant the backup was taken:
+        the first batch trained of a mid-epoch resume (after every callback's
+        `on_epoch_begin` and the skipped batches' callbacks), or this callback's
+        `on_epoch_begin` for an epoch-end backup. Whatever a callback changed
+        before then for the resumed epoch (a `LearningRateScheduler` decaying the
+        rate again) is overwritten by the state the original run had there.
+        """
+        loaded, self._loaded = self._loaded, None
+        assign_loaded(self.model, loaded, str(self.ckpt.checkpoint_path(loaded.entry)))
+        scheduler = self.session.providers.get("callbacks")
+        if (
+            scheduler is not None
+            and loaded.bundle is not None
+            and "callbacks" in loaded.bundle.meta
+        ):
+            scheduler.restore_state(loaded.bundle)  # what did not match was said at epoch begin
 
     def _skip_first_steps(self, step: int) -> None:
         """Makes the first `step` calls of the train step draw their batches only."""
@@ -223,8 +277,12 @@ class FullStateResume(SessionCallback):
         if self._history_done or history is None or not hasattr(history, "epoch"):
             return
         self._history_done = True
-        start = self.session.skip_epoch
-        earlier = [r for r in self.ckpt.read_manifest()["history"] if r["epoch"] < start]
+        start, fit = self.session.skip_epoch, self.session.fit
+        earlier = [
+            r
+            for r in self.ckpt.read_manifest()["history"]
+            if mf.fit_of(r) == fit and r["epoch"] < start
+        ]
         history.epoch = [r["epoch"] for r in earlier] + list(history.epoch)
         merged = {}
         for record in earlier:
@@ -233,6 +291,18 @@ class FullStateResume(SessionCallback):
         for key, values in history.history.items():
             merged.setdefault(key, []).extend(values)
         history.history = merged
+
+    def _cut_back_logs(self, bundle, entry) -> None:
+        """Rows a CSVLogger(append=True) wrote after the backup go: the epochs are trained again."""
+        where = self.ckpt.checkpoint_path(entry)
+        problems = append_logs.cut_back(self.session.append_loggers, bundle, where)
+        if problems:
+            warnings.warn(
+                f"Resuming from backup {where}: a log appended to was not cut back to its "
+                f"length then, so rows of the epochs trained again may appear twice: "
+                f"{'; '.join(problems)}. Remove those rows by hand, or log to a regular file.",
+                stacklevel=3,
+            )
 
     def _warn_missing(self, bundle, entry) -> None:
         where = self.ckpt.checkpoint_path(entry)
@@ -260,6 +330,7 @@ class FullStateResume(SessionCallback):
                 {
                     "time": mf.utc_now(),
                     "checkpoint_id": entry["id"],
+                    "fit": mf.fit_of(entry),
                     "epoch": epoch,
                     "step_in_epoch": step,
                     "global_step": entry["global_step"],
@@ -294,6 +365,8 @@ class FullStateResume(SessionCallback):
             )
         else:
             message = f"Resumed {where} at the start of epoch {epoch + 1}"
+        if mf.fit_of(entry):
+            message += f" in fit number {mf.fit_of(entry)} (counted from 0) of this model"
         message += f" (from {entry['dir']})"
         if self.verbose:
             backend.print_msg(message)

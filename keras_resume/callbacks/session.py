@@ -9,17 +9,30 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 
 import keras
 
 from keras_resume import backend, processes
 from keras_resume.directory import CheckpointDirectory, as_directory
 from keras_resume.errors import DirectoryLockedError, KerasResumeError, SaveError
-from keras_resume.state import model_state
+from keras_resume.state import append_logs, model_state
 from keras_resume.state.bundle import StateBundle
 from keras_resume.state.data_state import DataTracker
 
 logger = logging.getLogger("keras_resume")
+
+# How many `fit` calls with keras_resume's callbacks returned, per model object.
+# One directory holds the successive fits of a script (freeze, fit; unfreeze,
+# recompile, fit): a rerun makes the same fits in the same order, so a fit's
+# ordinal tells its backups apart from an earlier phase's. A fit that raised is
+# not counted: calling `fit` again continues that same fit.
+_FITS_RETURNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def fit_ordinal(model) -> int:
+    """The ordinal of `model`'s next (or running) `fit`: 0 for its first."""
+    return _FITS_RETURNED.get(model, 0)
 
 
 class TrainingSession:
@@ -46,6 +59,9 @@ class TrainingSession:
             ckpt.clean_leftovers()
         self._wait_on_error()
         self.tracker = DataTracker(model, epoch_iterator)
+        self.fit = fit_ordinal(model)  # recorded in every checkpoint of this fit
+        # The fit's CSVLogger(append=True): each backup records their files' length.
+        self.append_loggers = append_logs.appending_loggers(backend.fit_callbacks(model))
         # Set by FullStateResume: batches [0, skip_steps) of skip_epoch were
         # trained before the interruption and are only drawn, not trained.
         self.skip_epoch: int | None = None
@@ -106,6 +122,8 @@ class TrainingSession:
         if mid_epoch:
             model_state.capture_metrics(self.model, bundle)
         model_state.capture_replicas(self.model, bundle)
+        if self.append_loggers:
+            append_logs.capture(self.append_loggers, bundle)
         for provider in self.providers.values():
             provider.capture_state(self.model, bundle)
         return bundle
@@ -189,6 +207,7 @@ class TrainingSession:
                     # has committed (or failed) the last save: a `restore` or a new
                     # `fit` right after it must not read a manifest mid-commit.
                     backend.barrier("keras_resume: fit's last save committed")
+                _FITS_RETURNED[self.model] = self.fit + 1  # this fit returns
             else:
                 self.ckpt.writer.discard_outcome()
         finally:
@@ -348,6 +367,7 @@ class SessionCallback(keras.callbacks.Callback):
             root = self.ckpt.path
             own = self.snapshot_weights() if session.sharded else None
             return lambda: processes.write_part(root, key, job.index, bundle, own)
+        position = {**position, "fit": session.fit}
         pending = self.ckpt.snapshot(
             self.model, kind, bundle, position, logs, update, keep, self.snapshot_weights()
         )

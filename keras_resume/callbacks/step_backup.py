@@ -213,10 +213,11 @@ class StepBackup(SessionCallback):
         }
         bundle = self.session.capture(mid_epoch=not epoch_complete)
         logs = mf.json_safe_logs(logs)
+        fit = self.session.fit
 
         def update(manifest, entry):
             if epoch_complete:
-                mf.record_history(manifest, epoch, logs)
+                mf.record_history(manifest, epoch, logs, fit)
 
         return self.snapshot("backup", bundle, position, logs, update, self.keep)
 

@@ -136,6 +136,12 @@ def _check(bundle: StateBundle) -> None:
         indices = _ints(replicas.get("variables"), "replicas.variables")
         _in_range(indices, 0, 10**9, "replicas.variables")
         _arrays(bundle, "replicas", len(indices), "replicas.variables")
+    if "append_logs" in meta:
+        for i, record in enumerate(_is(meta["append_logs"], list, "append_logs")):
+            _is(record, dict, f"append_logs[{i}]")
+            _is(record.get("path"), str, f"append_logs[{i}].path")
+            length = _is(record.get("length"), int, f"append_logs[{i}].length")
+            _in_range([length], 0, 2**63, f"append_logs[{i}].length")
     if "callbacks" in meta:
         for i, record in enumerate(_is(meta["callbacks"], list, "callbacks")):
             _is(record, dict, f"callbacks[{i}]")
