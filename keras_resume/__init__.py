@@ -33,9 +33,9 @@ _EXPORTS = {
     "Preempted": "keras_resume.preemption",
     "RestoreInfo": "keras_resume.restoring",
     "restore": "keras_resume.restoring",
-    "history": "keras_resume.inspect",
-    "list_checkpoints": "keras_resume.inspect",
-    "plot": "keras_resume.inspect",
+    "history": "keras_resume.runs",
+    "list_checkpoints": "keras_resume.runs",
+    "plot": "keras_resume.runs",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,7 +1,7 @@
 """`keras-resume`: look into, check, export and prune a run directory from the shell.
 
 Every subcommand reads the run through the public API (`CheckpointDirectory`,
-`restore`, and the helpers in `keras_resume.inspect`). Exit status: 0 on
+`restore`, and the helpers in `keras_resume.runs`). Exit status: 0 on
 success, 1 when a command fails (or `verify` finds a damaged checkpoint), 2
 for a bad command line or a path that is not a keras-resume run.
 
@@ -76,9 +76,9 @@ def _human_age(seconds) -> str:
 
 
 def _fmt(value) -> str:
-    from keras_resume import inspect as kri
+    from keras_resume import runs as krr
 
-    number = kri.log_value(value)
+    number = krr.log_value(value)
     if number is None:
         return "-" if value is None else str(value)
     return f"{number:.6g}"
@@ -99,9 +99,9 @@ def _table(title=None, caption=None):
 
 
 def cmd_ls(args, ckpt, manifest) -> int:
-    from keras_resume import inspect as kri
+    from keras_resume import runs as krr
 
-    rows = kri.list_checkpoints(ckpt)
+    rows = krr.list_checkpoints(ckpt)
     if args.json:
         _print_json(rows)
         return EXIT_OK
@@ -135,11 +135,11 @@ def cmd_ls(args, ckpt, manifest) -> int:
 
 
 def _summary_lines(ckpt, manifest) -> list[str]:
-    from keras_resume import inspect as kri
+    from keras_resume import runs as krr
 
     entries = manifest["checkpoints"]
     backups = [c for c in entries if c["kind"] == "backup"]
-    size = sum(kri.checkpoint_size(c) for c in entries)
+    size = sum(krr.checkpoint_size(c) for c in entries)
     lines = [
         f"run          {ckpt.location}",
         f"manifest     format {manifest['format']}, schema {manifest['schema_version']}, "
@@ -174,12 +174,12 @@ def _summary_lines(ckpt, manifest) -> list[str]:
 
 
 def _show_summary(ckpt, manifest) -> None:
-    from keras_resume import inspect as kri
+    from keras_resume import runs as krr
 
     console = _console()
     for line in _summary_lines(ckpt, manifest):
         console.print(line, markup=False)
-    merged = kri.history(ckpt, as_frame=False)
+    merged = krr.history(ckpt, as_frame=False)
     metrics = [k for k in merged if k != "epoch"]
     resumed_in: dict[int, list[str]] = {}
     for r in manifest["resumes"]:
@@ -275,9 +275,9 @@ def _show_entry(ckpt, manifest, entry) -> None:
 
 
 def _find_entry(ckpt, manifest, which) -> dict:
-    from keras_resume import inspect as kri
+    from keras_resume import runs as krr
 
-    which = kri.parse_which(which)
+    which = krr.parse_which(which)
     if which in ("latest", "best"):
         try:
             return ckpt.select(which, verify=False)
@@ -319,10 +319,10 @@ def cmd_verify(args, ckpt, manifest) -> int:
         TimeRemainingColumn,
     )
 
-    from keras_resume import inspect as kri
+    from keras_resume import runs as krr
 
     out = _console()
-    total = sum(kri.checkpoint_size(c) for c in manifest["checkpoints"])
+    total = sum(krr.checkpoint_size(c) for c in manifest["checkpoints"])
     progress = Progress(
         TextColumn("verifying {task.fields[current]}"),
         BarColumn(),
@@ -349,7 +349,7 @@ def cmd_verify(args, ckpt, manifest) -> int:
             else:
                 out.print(f"DAMAGED  {entry['dir']}: {result['error']}", markup=False)
 
-        results = kri.verify_run(ckpt, progress=step)
+        results = krr.verify_run(ckpt, progress=step)
     damaged = [r for r in results if not r["ok"]]
     if args.json:
         _print_json({"run": ckpt.location, "ok": not damaged, "checkpoints": results})
@@ -368,7 +368,7 @@ def cmd_verify(args, ckpt, manifest) -> int:
 
 
 def cmd_export(args, ckpt, manifest) -> int:
-    from keras_resume import inspect as kri
+    from keras_resume import runs as krr
 
     if args.format == "keras" and not args.to.endswith(".keras"):
         raise _UsageError(
@@ -379,7 +379,7 @@ def cmd_export(args, ckpt, manifest) -> int:
         raise _UsageError(
             f"--to {args.to} already exists. Remove it, choose another path, or pass --overwrite."
         )
-    result = kri.export_model(
+    result = krr.export_model(
         ckpt, args.to, which=args.which, format=args.format, overwrite=args.overwrite
     )
     if args.json:
@@ -395,9 +395,9 @@ def cmd_export(args, ckpt, manifest) -> int:
 
 
 def cmd_prune(args, ckpt, manifest) -> int:
-    from keras_resume import inspect as kri
+    from keras_resume import runs as krr
 
-    result = kri.prune(
+    result = krr.prune(
         ckpt,
         keep_last=args.keep_last,
         keep_best=args.keep_best,
@@ -437,9 +437,9 @@ def cmd_prune(args, ckpt, manifest) -> int:
 
 
 def cmd_plot(args, ckpt, manifest) -> int:
-    from keras_resume import inspect as kri
+    from keras_resume import runs as krr
 
-    figure = kri.plot(ckpt, metrics=args.metrics)
+    figure = krr.plot(ckpt, metrics=args.metrics)
     # A bare Figure draws with the Agg renderer: no GUI backend is touched.
     figure.savefig(args.out, dpi=args.dpi)
     _console().print(f"Wrote {args.out}", markup=False)
@@ -686,10 +686,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             return EXIT_FAILED
         return int(args.run_command(args) or 0)
-    from keras_resume import inspect as kri  # loads Keras: not for `run`
+    from keras_resume import runs as krr  # loads Keras: not for `run`
 
     try:
-        ckpt, manifest = kri.open_run(args.run)
+        ckpt, manifest = krr.open_run(args.run)
     except (
         NoCheckpointError,
         ManifestError,

@@ -16,7 +16,7 @@ import warnings
 import weakref
 from pathlib import Path
 
-from keras_resume import backend, processes, remote, storage
+from keras_resume import backend, multiprocess, remote, storage
 from keras_resume import manifest as mf
 from keras_resume.errors import (
     CheckpointCorruptError,
@@ -27,7 +27,7 @@ from keras_resume.errors import (
 )
 from keras_resume.state import model_state
 from keras_resume.state.bundle import STATE_FILE, StateBundle
-from keras_resume.writer import writer_for
+from keras_resume.writer import background_writer
 
 logger = logging.getLogger("keras_resume")
 _CHECKPOINT_DIR = re.compile(r"^(backup|best)-\d{6,}$")
@@ -76,7 +76,7 @@ class CheckpointDirectory:
         self.manifest_path = self.path / mf.MANIFEST_NAME
         self.session = None  # the TrainingSession of the fit call running now
         self.lock = storage.DirectoryLock(self.path)
-        self.writer = writer_for(self.path)
+        self.writer = background_writer(self.path)
 
     @property
     def location(self) -> str:
@@ -329,7 +329,7 @@ class CheckpointDirectory:
 
     # --- writing ----------------------------------------------------------------
 
-    def acquire_writer(self) -> None:
+    def acquire_lock(self) -> None:
         """Takes the directory's writer lock (see `storage.DirectoryLock`)."""
         if self.lock.held:
             return
@@ -346,7 +346,7 @@ class CheckpointDirectory:
                 holder.get("since"),
             )
 
-    def release_writer(self) -> None:
+    def release_lock(self) -> None:
         self.lock.release()
 
     def clean_leftovers(self) -> None:
@@ -357,7 +357,7 @@ class CheckpointDirectory:
         committed = {c["dir"] for c in self.read_manifest()["checkpoints"]}
         for leftover in storage.leftovers(self.path):
             storage.remove(leftover)
-        processes.remove_parts(self.path)  # parts of a multi-process save never committed
+        multiprocess.remove_parts(self.path)  # parts of a multi-process save never committed
         for child in self.path.iterdir():
             if _CHECKPOINT_DIR.match(child.name) and child.name not in committed:
                 logger.info("Removing uncommitted checkpoint %s", child)
@@ -422,7 +422,7 @@ class CheckpointDirectory:
         (a crash in between leaves only unlisted directories, which the next
         session removes).
         """
-        self.acquire_writer()
+        self.acquire_lock()
         manifest = self.read_manifest()
         ckpt_id = manifest["next_id"]
         kind = pending.kind
@@ -489,10 +489,10 @@ class CheckpointDirectory:
         Waits until every one is complete: the checkpoint is committed only then.
         """
         files = []
-        for part in processes.collect_parts(self.path, key, processes.current()):
+        for part in multiprocess.collect_parts(self.path, key, multiprocess.current()):
             part.rename(staged / part.name)
             files += [f"{part.name}/{f.name}" for f in sorted((staged / part.name).iterdir())]
-        processes.remove_parts(self.path, key)
+        multiprocess.remove_parts(self.path, key)
         return files
 
     def _save_manifest(self, manifest: dict) -> None:
@@ -522,9 +522,9 @@ class CheckpointDirectory:
         In a multi-process job only process 0 writes the manifest: on the other
         processes (which compute the same changes) this changes nothing.
         """
-        if not processes.current().is_writer:
+        if not multiprocess.current().is_primary:
             return self.read_manifest()
-        self.acquire_writer()
+        self.acquire_lock()
         manifest = self.read_manifest()
         change(manifest)
         self._save_manifest(manifest)
@@ -588,7 +588,7 @@ class PendingCheckpoint:
     fingerprint: dict
     created: str
     model_config: str | None = None
-    # A multi-process job's backup: the save whose parts to wait for (processes.py).
+    # A multi-process job's backup: the save whose parts to wait for (multiprocess.py).
     parts_key: str | None = None
 
 

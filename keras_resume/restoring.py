@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
-from keras_resume import backend, processes
+from keras_resume import backend, multiprocess
 from keras_resume import manifest as mf
 from keras_resume.directory import CheckpointDirectory, LoadedCheckpoint, as_directory
 from keras_resume.state import model_state, rng_state, schema
@@ -136,7 +136,7 @@ def restore(model, ckpt, which="latest", verify: bool = True) -> RestoreInfo:
     In a multi-process JAX job, call it on every process at the same point:
     assigning into a variable replicated across processes is a collective. A
     process that calls it alone gets a `TimeoutError` after
-    `keras_resume.processes.RESTORE_TIMEOUT_S` (300 s) instead of hanging.
+    `keras_resume.multiprocess.RESTORE_TIMEOUT_S` (300 s) instead of hanging.
 
     Example:
 
@@ -163,9 +163,9 @@ def restore(model, ckpt, which="latest", verify: bool = True) -> RestoreInfo:
         CheckpointMismatchError: the model's variables differ (nothing loaded).
     """
     ckpt = as_directory(ckpt)
-    job = processes.current()
-    if job.multi:
-        processes.all_restore(job, ckpt.location)
+    role = multiprocess.current()
+    if role.multi:
+        multiprocess.all_restore(role, ckpt.location)
     loaded = ckpt.read_checkpoint(which, verify=verify)
     load_into_model(model, ckpt, loaded)
     return info_for(ckpt, loaded.entry)

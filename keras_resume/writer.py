@@ -29,7 +29,7 @@ logger = logging.getLogger("keras_resume")
 WRITER_NICENESS = 10
 
 
-class _Job:
+class _SaveTask:
     def __init__(self, what: str, tasks: list, low_priority: bool):
         self.what = what
         self.tasks = tasks  # [(work, on_done, on_error)], run in order
@@ -66,7 +66,7 @@ class BackgroundWriter:
 
     def __init__(self, low_priority: bool = True):
         self.low_priority = low_priority
-        self._job: _Job | None = None
+        self._job: _SaveTask | None = None
         self._group: list | None = None
         self._shared: dict = {}
 
@@ -109,7 +109,7 @@ class BackgroundWriter:
             self._finish(_run_here(what, [task]))
 
     def _start(self, what: str, tasks: list) -> None:
-        job = _Job(what, tasks, self.low_priority)
+        job = _SaveTask(what, tasks, self.low_priority)
         self._job = job
         job.thread.start()
 
@@ -164,7 +164,7 @@ class BackgroundWriter:
             logger.error("Background save (%s) failed: %s", job.what, job.error)
         return job.error
 
-    def _take(self) -> _Job | None:
+    def _take(self) -> _SaveTask | None:
         """The job in flight, once it has ended; it is no longer the writer's."""
         job = self._job
         if job is not None:
@@ -173,7 +173,7 @@ class BackgroundWriter:
         return job
 
     @staticmethod
-    def _finish(job: _Job) -> None:
+    def _finish(job: _SaveTask) -> None:
         _report_done(job)
         if job.error is not None:
             on_error = job.failed_task[2]
@@ -182,15 +182,15 @@ class BackgroundWriter:
             on_error(job.error)
 
 
-def _report_done(job: _Job) -> None:
+def _report_done(job: _SaveTask) -> None:
     """Runs `on_done(result)` of every task of `job` that completed."""
     for (_, on_done, _), result in zip(job.tasks, job.results):
         if on_done is not None:
             on_done(result)
 
 
-def _run_here(what: str, tasks: list) -> _Job:
-    job = _Job(what, tasks, low_priority=False)
+def _run_here(what: str, tasks: list) -> _SaveTask:
+    job = _SaveTask(what, tasks, low_priority=False)
     job._run()
     return job
 
@@ -199,7 +199,7 @@ _WRITERS: dict[str, BackgroundWriter] = {}
 _WRITERS_LOCK = threading.Lock()
 
 
-def writer_for(path) -> BackgroundWriter:
+def background_writer(path) -> BackgroundWriter:
     """The one writer of a directory in this process, whichever object names it."""
     key = os.path.realpath(path)
     with _WRITERS_LOCK:

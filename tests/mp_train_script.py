@@ -120,9 +120,9 @@ def restore_on_process_0_only(model, directory, process_id):
     """Process 0 restores alone: it must fail within the (shortened) timeout, saying why."""
     import time
 
-    from keras_resume import processes
+    from keras_resume import multiprocess
 
-    processes.RESTORE_TIMEOUT_S = 3.0
+    multiprocess.RESTORE_TIMEOUT_S = 3.0
     if process_id != 0:
         time.sleep(10)  # alive past the timeout, but never calling restore
         return 0

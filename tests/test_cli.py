@@ -1,4 +1,4 @@
-"""The `keras-resume` command line and `keras_resume.inspect`, on real runs.
+"""The `keras-resume` command line and `keras_resume.runs`, on real runs.
 
 One small run (3 epochs of 4 steps, interrupted once and resumed) is trained
 per module; tests that change a run work on a copy.
@@ -18,7 +18,7 @@ import pytest
 
 import keras_resume as kr
 from keras_resume import cli
-from keras_resume import inspect as kri
+from keras_resume import runs as krr
 from tests.conftest import TESTS, Interrupt, tiny_data, tiny_model
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -96,7 +96,7 @@ def test_ls_rows_match_the_manifest(trained, capsys):
         assert row["best"] == (entry["id"] == manifest["best"]["checkpoint_id"])
         assert row["age_s"] >= 0
     assert sum(r["resume"] for r in rows) == 1 and sum(r["best"] for r in rows) == 1
-    assert without_age(kri.list_checkpoints(trained.run)) == without_age(rows)
+    assert without_age(krr.list_checkpoints(trained.run)) == without_age(rows)
 
     status, out, _ = run_cli(capsys, "ls", trained.run)
     assert status == 0
@@ -332,7 +332,7 @@ def test_plot_writes_a_png_with_the_resume_lines(trained, tmp_path, capsys):
     assert status == 0, err
     assert out.read_bytes()[:8] == PNG_SIGNATURE
 
-    figure = kri.plot(trained.run, metrics=["loss"])
+    figure = krr.plot(trained.run, metrics=["loss"])
     axes = figure.axes[0]
     resume_lines = [line for line in axes.lines if line.get_gid() == "resume"]
     steps = max(c["step_in_epoch"] for c in trained.manifest["checkpoints"] if c["epoch_complete"])
@@ -358,13 +358,13 @@ def test_plot_without_matplotlib_names_the_extra(trained, tmp_path, capsys, monk
 
 
 def test_history_helper(trained, monkeypatch):
-    merged = kri.history(trained.run, as_frame=False)
+    merged = krr.history(trained.run, as_frame=False)
     assert merged == kr.CheckpointDirectory(trained.run).history()
     assert merged["epoch"] == [0, 1, 2]
     monkeypatch.setitem(sys.modules, "pandas", None)  # pandas absent: a dict by default
-    assert kri.history(trained.run) == merged
+    assert krr.history(trained.run) == merged
     with pytest.raises(ImportError, match="pip install pandas"):
-        kri.history(trained.run, as_frame=True)
+        krr.history(trained.run, as_frame=True)
 
 
 # --- errors, help, the entry point ------------------------------------------------------
@@ -419,7 +419,7 @@ def test_python_dash_m_entry_point(trained):
         timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert without_age(json.loads(proc.stdout)) == without_age(kri.list_checkpoints(trained.run))
+    assert without_age(json.loads(proc.stdout)) == without_age(krr.list_checkpoints(trained.run))
 
 
 def test_run_is_handed_to_the_supervisor(capsys):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import keras_resume as kr
-from keras_resume import inspect as kr_inspect
+from keras_resume import runs as kr_inspect
 from tests.fixtures import write_run_v0_1 as fixture
 
 FIXTURE = Path(fixture.__file__).parent / "run-v0.1"

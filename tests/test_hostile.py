@@ -29,8 +29,8 @@ import numpy as np
 import pytest
 
 import keras_resume as kr
-from keras_resume import inspect as kri
 from keras_resume import manifest as mf
+from keras_resume import runs as krr
 from keras_resume import storage
 from keras_resume.directory import CheckpointDirectory
 from keras_resume.errors import (
@@ -80,7 +80,7 @@ def _read_run(tmp_path, kind="dense"):
     run = tmp_path / "run"
     ckpt = CheckpointDirectory(run)
     entry = ckpt.commit(model, "backup", StateBundle({}, {}), _READ_POSITION)
-    ckpt.release_writer()
+    ckpt.release_lock()
     return run, entry
 
 
@@ -113,7 +113,7 @@ def test_symlinked_checkpoint_file_fails_verify_and_restore(tmp_path, name):
     shutil.move(inside, outside)
     os.symlink(outside, inside)  # the same bytes: every checksum still matches
 
-    [result] = kri.verify_run(run)
+    [result] = krr.verify_run(run)
     assert not result["ok"] and "symbolic link" in result["error"] and name in result["error"]
 
     model = _read_model()
@@ -141,7 +141,7 @@ def test_fifo_in_place_of_a_checkpoint_file_is_refused_without_blocking(tmp_path
     inside = _read_weights_path(run, entry)
     inside.unlink()
     os.mkfifo(inside)  # opening it for reading would block without O_NONBLOCK
-    [result] = kri.verify_run(run)
+    [result] = krr.verify_run(run)
     assert not result["ok"] and "not a regular file" in result["error"]
 
 
@@ -191,7 +191,7 @@ def test_hdf5_references_outside_the_file_are_refused_by_restore_and_export(tmp_
             restore(model, run)
         target = tmp_path / "exported.keras"
         with pytest.raises(CheckpointCorruptError, match="refers outside itself"):
-            kri.export_model(run, target)
+            krr.export_model(run, target)
     assert _read_unchanged(model, before)
     assert not target.exists()
 
@@ -430,7 +430,7 @@ def test_planted_lock_link_is_refused_by_training_and_prune(tmp_path, link):
     with pytest.raises(kr.CheckpointDirectoryError, match=r"\.lock (is a symbolic|has 2 hard)"):
         _ops_fit(run)
     with pytest.raises(kr.CheckpointDirectoryError, match="remove it") as refused:
-        kri.prune(str(run), keep_last=0, keep_best=0)
+        krr.prune(str(run), keep_last=0, keep_best=0)
     assert str(run / ".lock") in str(refused.value)
     assert isinstance(refused.value, kr.KerasResumeError)
 
@@ -442,14 +442,14 @@ def test_planted_links_in_a_run_are_never_written_through(tmp_path):
     # A .parts directory (a multi-process save) planted as a link to outside: the
     # part is not written there. A staging directory gets a planted symlink: the
     # save fails without committing it.
-    from keras_resume import processes, storage
+    from keras_resume import multiprocess, storage
 
     run, outside = tmp_path / "run", tmp_path / "outside"
     run.mkdir()
     outside.mkdir()
-    processes.parts_dir(run, "k").symlink_to(outside)
+    multiprocess.parts_dir(run, "k").symlink_to(outside)
     with pytest.raises(kr.CheckpointDirectoryError, match="is a symbolic link"):
-        processes.write_part(run, "k", 1, None)
+        multiprocess.write_part(run, "k", 1, None)
     assert list(outside.iterdir()) == []
 
     with pytest.raises(kr.CheckpointDirectoryError, match="is a symbolic link"):

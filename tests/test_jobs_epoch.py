@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 import keras_resume as kr
-from keras_resume import inspect as kri
 from keras_resume import manifest as mf
+from keras_resume import runs as krr
 from keras_resume.callbacks import session as session_module
 from keras_resume.directory import _drop_old
 from keras_resume.errors import (
@@ -277,7 +277,7 @@ def test_retention_keeps_the_newest_backup_of_every_other_fit():
 
 def test_prune_keeps_the_newest_backup_of_every_fit():
     manifest = _manifest_with_fits([0, 0, None, 1, 1])
-    plan = kri._prune_plan(manifest, keep_last=1, keep_best=0, every=None)
+    plan = krr._prune_plan(manifest, keep_last=1, keep_best=0, every=None)
     assert sorted(plan) == [2, 4]
     assert plan[2] == ["newest backup of fit 0"]
 

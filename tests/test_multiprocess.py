@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from keras_resume import processes
+from keras_resume import multiprocess
 from keras_resume.errors import SaveError
 from keras_resume.state.bundle import StateBundle
 from tests.conftest import TESTS, assert_identical, load_result, script_env
@@ -164,13 +164,13 @@ def test_a_part_that_never_comes_is_not_committed(tmp_path):
     """Process 1 dies before its part of a save: process 0 commits nothing for that step."""
     root = tmp_path / "run"
     root.mkdir()
-    job = processes.Job(0, 2)
-    key = processes.save_key(20, 4)
+    job = multiprocess.ProcessRole(0, 2)
+    key = multiprocess.save_key(20, 4)
     with pytest.raises(SaveError, match="missing the state of process-1"):
-        processes.collect_parts(root, key, job, timeout=0.2)
+        multiprocess.collect_parts(root, key, job, timeout=0.2)
     # A part appears whole (written aside, renamed): a half-written one is never taken.
-    processes.write_part(root, key, 1, StateBundle({"x": 1}, {"a/0": np.arange(3)}))
-    [part] = processes.collect_parts(root, key, job, timeout=1)
+    multiprocess.write_part(root, key, 1, StateBundle({"x": 1}, {"a/0": np.arange(3)}))
+    [part] = multiprocess.collect_parts(root, key, job, timeout=1)
     assert part.name == "process-1" and (part / "state.json").exists()
     assert not list(part.parent.glob(".tmp-*"))
 
@@ -183,17 +183,17 @@ def test_a_part_taken_by_process_0_before_its_directory_fsync_is_not_a_failure(
     (found by a loaded CI run: process 1 died of FileNotFoundError, process 0 hung)."""
     root = tmp_path / "run"
     root.mkdir()
-    key = processes.save_key(10, 2)
-    fsync = processes.storage.fsync_path
+    key = multiprocess.save_key(10, 2)
+    fsync = multiprocess.storage.fsync_path
 
     def fsync_after_process_0_took_it(path):
-        if path == processes.parts_dir(root, key):
-            processes.remove_parts(root, key)
+        if path == multiprocess.parts_dir(root, key):
+            multiprocess.remove_parts(root, key)
         fsync(path)
 
-    monkeypatch.setattr(processes.storage, "fsync_path", fsync_after_process_0_took_it)
-    processes.write_part(root, key, 1, StateBundle({"x": 1}, {"a/0": np.arange(3)}))
-    assert not processes.parts_dir(root, key).exists()
+    monkeypatch.setattr(multiprocess.storage, "fsync_path", fsync_after_process_0_took_it)
+    multiprocess.write_part(root, key, 1, StateBundle({"x": 1}, {"a/0": np.arange(3)}))
+    assert not multiprocess.parts_dir(root, key).exists()
 
 
 @REPLICATED
@@ -381,10 +381,10 @@ def test_sharded_checkpoint_exports_to_one_whole_keras_file(tmp_path, sharded_re
     """`keras-resume export` (here on this process's backend, no job) reassembles the shards."""
     import keras
 
-    from keras_resume import inspect
+    from keras_resume import runs
 
     reference, directory = sharded_reference
-    inspect.export_model(directory, tmp_path / "model.keras")
+    runs.export_model(directory, tmp_path / "model.keras")
     model = keras.models.load_model(tmp_path / "model.keras")
     by_position = {int(k.split("/")[1]): a for k, a in reference[0][0].items() if k[:6] == "model/"}
     assert len(model.weights) == len(by_position) == 8

@@ -6,7 +6,7 @@ import functools
 import logging
 import warnings
 
-from keras_resume import backend, processes
+from keras_resume import backend, multiprocess
 from keras_resume import manifest as mf
 from keras_resume.callbacks.session import SessionCallback
 from keras_resume.errors import CheckpointMismatchError, NoCheckpointError
@@ -162,10 +162,10 @@ class FullStateResume(SessionCallback):
         """The newest backup that verifies; in a multi-process job, the one process 0 chose."""
         # Only this fit's: an earlier phase's finished backup never goes into the
         # next, recompiled model (see `session.fit_ordinal`).
-        job, fit = self.session.job, self.session.fit
-        if not job.multi:
+        role, fit = self.session.role, self.session.fit
+        if not role.multi:
             return self.ckpt.read_checkpoint("latest", verify=self.verify, fit=fit)
-        return processes.read_agreed(self.ckpt, job, verify=self.verify, fit=fit)
+        return multiprocess.read_agreed(self.ckpt, role, verify=self.verify, fit=fit)
 
     def _check_steps_per_execution(self, entry, step: int) -> None:
         steps_per_call = _steps_per_execution(self.model)

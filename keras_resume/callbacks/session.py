@@ -13,7 +13,7 @@ import weakref
 
 import keras
 
-from keras_resume import backend, processes
+from keras_resume import backend, multiprocess
 from keras_resume.directory import CheckpointDirectory, as_directory
 from keras_resume.errors import DirectoryLockedError, KerasResumeError, SaveError
 from keras_resume.state import append_logs, model_state
@@ -50,12 +50,12 @@ class TrainingSession:
         self.snapshot_buffers: dict = {}
         # Whether snapshots are copied on the accelerator (decided at the first one).
         self.on_device: bool | None = None
-        # In a multi-process job process 0 writes the directory; see processes.py.
-        self.job = processes.current()
+        # In a multi-process job process 0 writes the directory; see multiprocess.py.
+        self.role = multiprocess.current()
         self.saves_with_parts = 0  # numbers the saves, the same on every process
         self._sharded: bool | None = None
-        if self.job.is_writer:
-            ckpt.acquire_writer()
+        if self.role.is_primary:
+            ckpt.acquire_lock()
             ckpt.clean_leftovers()
         self._wait_on_error()
         self.tracker = DataTracker(model, epoch_iterator)
@@ -86,7 +86,7 @@ class TrainingSession:
         Asked at the first save (the layout is fixed by then), the same on every process.
         """
         if self._sharded is None:
-            self._sharded = self.job.multi and backend.has_process_shards(self.model)
+            self._sharded = self.role.multi and backend.has_process_shards(self.model)
         return self._sharded
 
     def skipping(self, epoch: int, batch: int) -> bool:
@@ -215,8 +215,8 @@ class TrainingSession:
                 cleanup()
             self.snapshot_buffers.clear()
             self.tracker.detach()
-            if self.job.is_writer:
-                self.ckpt.release_writer()
+            if self.role.is_primary:
+                self.ckpt.release_lock()
 
 
 def join(ckpt: CheckpointDirectory, callback) -> TrainingSession:
@@ -314,7 +314,7 @@ class SessionCallback(keras.callbacks.Callback):
         on the training thread once it committed; a failure is handled as
         `on_error` says, on the training thread too.
         """
-        if not self.session.job.is_writer:
+        if not self.session.role.is_primary:
             on_done = None  # what was committed is process 0's to say
         self.ckpt.writer.submit(
             what,
@@ -344,7 +344,7 @@ class SessionCallback(keras.callbacks.Callback):
                 model,
                 session.snapshot_buffers,
                 on_device=session.on_device,
-                sharded_only=not session.job.is_writer,  # process 0 saves the rest
+                sharded_only=not session.role.is_primary,  # process 0 saves the rest
             )
 
         return self.ckpt.writer.shared(("weights", id(model)), take)
@@ -356,17 +356,17 @@ class SessionCallback(keras.callbacks.Callback):
         the others' parts); every other process writes only its own state as
         a part of the backup, and nothing for a best checkpoint.
         """
-        session, job = self.session, self.session.job
+        session, role = self.session, self.session.role
         key = None
-        if job.multi and (bundle is not None or session.sharded):
+        if role.multi and (bundle is not None or session.sharded):
             session.saves_with_parts += 1
-            key = processes.save_key(position["global_step"], session.saves_with_parts)
-        if not job.is_writer:
+            key = multiprocess.save_key(position["global_step"], session.saves_with_parts)
+        if not role.is_primary:
             if key is None:
                 return lambda: None
             root = self.ckpt.path
             own = self.snapshot_weights() if session.sharded else None
-            return lambda: processes.write_part(root, key, job.index, bundle, own)
+            return lambda: multiprocess.write_part(root, key, role.index, bundle, own)
         position = {**position, "fit": session.fit}
         pending = self.ckpt.snapshot(
             self.model, kind, bundle, position, logs, update, keep, self.snapshot_weights()

@@ -128,7 +128,7 @@ class StepBackup(SessionCallback):
     def _preempted(self) -> bool:
         if self.preemption is None:
             return False
-        if self.session.job.multi:
+        if self.session.role.multi:
             # Every process must save at the same step: they learn of a SIGTERM
             # at different moments, so they agree, at each step boundary (a
             # collective; every process calls this at the same points of fit).
