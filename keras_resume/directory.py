@@ -1,23 +1,39 @@
-"""`CheckpointDirectory`: one directory, one manifest, shared by every callback.
+"""`CheckpointDirectory`: one run directory, one manifest, read and committed.
 
 It owns the commit protocol (stage files, fsync, rename, then write the
-manifest), retention, verification with fallback, and the epoch history.
+manifest), the removal of what retention unlists, verification with fallback,
+and the epoch history. Where the run is published besides this machine
+(nothing, or a remote store through a mirror) is its `location.Location`'s.
+
+Concurrency contract:
+
+- One writing process per run: every change (a commit, `update_manifest`,
+  `remove`) first takes the directory's lock (`storage.DirectoryLock`, held
+  until the training session ends); a second writer gets `DirectoryLockedError`.
+- In the writing process, commits and manifest changes run on the directory's
+  one background writer thread (`writer.background_writer`), or on the
+  training thread after `wait()`: never two at once.
+- Readers take no lock. The manifest is replaced atomically (for a remote run,
+  uploaded in one PUT after the checkpoint's files), so a reader sees the old
+  or the new one; it lists only checkpoints whose files were complete and
+  fsynced before, and every read is checked against the manifest's checksums.
+- Files are deleted only once the manifest that no longer lists them is
+  written: a crash leaves unlisted directories, which `clean_leftovers` (run
+  when the next session takes the lock) removes.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import re
-import threading
 import warnings
 import weakref
 from pathlib import Path
 
-from keras_resume import backend, multiprocess, remote, storage
+from keras_resume import checkpoint, multiprocess, retention, storage
 from keras_resume import manifest as mf
+from keras_resume.checkpoint import LoadedCheckpoint, PendingCheckpoint
 from keras_resume.errors import (
     CheckpointCorruptError,
     CheckpointDirectoryError,
@@ -25,9 +41,11 @@ from keras_resume.errors import (
     ManifestVersionError,
     NoCheckpointError,
 )
-from keras_resume.state import model_state
-from keras_resume.state.bundle import STATE_FILE, StateBundle
+from keras_resume.location import Location, open_location
+from keras_resume.state.bundle import StateBundle
 from keras_resume.writer import background_writer
+
+__all__ = ["CheckpointDirectory", "LoadedCheckpoint", "PendingCheckpoint", "as_directory"]
 
 logger = logging.getLogger("keras_resume")
 _CHECKPOINT_DIR = re.compile(r"^(backup|best)-\d{6,}$")
@@ -67,21 +85,18 @@ class CheckpointDirectory:
                 "Invalid value for argument path. Received: "
                 f"path={path!r}. Expected a directory path such as 'runs/exp1'."
             )
-        self.remote = None
         self.storage_options = storage_options
-        if remote.is_remote(path):
-            self.remote = remote.RemoteMirror(str(path), storage_options)
-            path = self.remote.local
-        self.path = Path(path)
+        # Where the run is published; `path` is the directory here that is written.
+        self.store: Location = open_location(path, storage_options)
+        self.path = self.store.path
         self.manifest_path = self.path / mf.MANIFEST_NAME
-        self.session = None  # the TrainingSession of the fit call running now
         self.lock = storage.DirectoryLock(self.path)
         self.writer = background_writer(self.path)
 
     @property
     def location(self) -> str:
         """The directory as the user named it: its URL for a remote run."""
-        return self.remote.url if self.remote is not None else str(self.path)
+        return self.store.url
 
     def __repr__(self) -> str:
         return f"CheckpointDirectory({self.location!r})"
@@ -98,9 +113,9 @@ class CheckpointDirectory:
         from their `checkpoint.json` files, with a warning naming the file.
         """
         self.writer.join()  # a save of this process still committing
-        if self.remote is not None and not self.lock.held:
-            # The writer's own copy is the newest; anyone else reads the remote one.
-            self.remote.pull_manifest(mf.MANIFEST_NAME)
+        if not self.lock.held:
+            # The writer's own copy is the newest; anyone else reads the published one.
+            self.store.fetch_manifest(mf.MANIFEST_NAME)
         if self.path.exists() and not self.path.is_dir():
             raise CheckpointDirectoryError(
                 f"Checkpoint directory {self.path} is a file, not a directory. Give a "
@@ -117,9 +132,9 @@ class CheckpointDirectory:
         return manifest or mf.new_manifest()
 
     def _checkpoint_dirs(self) -> list[Path]:
-        if self.remote is not None:
-            for name in self.remote.checkpoint_names(_CHECKPOINT_DIR):
-                self.remote.pull_checkpoint(name, [mf.SELF_DESCRIPTION])
+        """The checkpoint directories here, each with (at least) its self-description."""
+        for name in self.store.checkpoint_names(_CHECKPOINT_DIR):
+            self.store.fetch_checkpoint(name, [mf.SELF_DESCRIPTION])
         if not self.path.is_dir():
             return []
         return sorted(p for p in self.path.iterdir() if _CHECKPOINT_DIR.match(p.name))
@@ -170,51 +185,18 @@ class CheckpointDirectory:
 
     def verify(self, entry: dict) -> None:
         """Raises `CheckpointCorruptError` if any file of `entry` is damaged."""
-        self._from_copy(self._verify_copy, entry)
+        self.store.read_fresh(
+            lambda: self._verify_copy(entry), entry["dir"], CheckpointCorruptError
+        )
 
     def _verify_copy(self, entry: dict) -> None:
         root = self._local_copy(entry)
-        self._check_location(root)
-        self._verify_files(root, entry)
-
-    def _from_copy(self, read, entry: dict):
-        """`read(entry)`; for a remote run, again from a new download if the mirror's
-        copy (kept from before) is damaged. Errors name the URL, not the mirror."""
-        if self.remote is None:
-            return read(entry)
-        try:
-            return read(entry)
-        except CheckpointCorruptError as e:
-            if self.remote.has_fresh_copy(entry["dir"]):
-                raise self.remote.named(e) from None
-            logger.warning(
-                "The local copy of %s/%s is damaged (%s); downloading it again",
-                self.location,
-                entry["dir"],
-                e,
-            )
-            self.remote.forget(entry["dir"])
-        try:
-            return read(entry)
-        except CheckpointCorruptError as e:
-            raise self.remote.named(e) from None
-
-    @staticmethod
-    def _verify_files(root: Path, entry: dict) -> None:
-        for record in entry["files"]:
-            storage.verify_file(root, record)
+        checkpoint.check_inside(root, self.path)
+        checkpoint.verify_files(root, entry)
 
     def _local_copy(self, entry: dict) -> Path:
-        """The checkpoint's directory here; for a remote run, downloaded first."""
-        if self.remote is not None:
-            return self.remote.pull_checkpoint(entry["dir"], entry["files"])
-        return self.checkpoint_path(entry)
-
-    def _check_location(self, root: Path) -> None:
-        if root.is_symlink() or not root.resolve().is_relative_to(self.path.resolve()):
-            raise CheckpointCorruptError(
-                f"Checkpoint directory {root} points outside {self.path}; refusing to read it."
-            )
+        """The checkpoint's directory here (for a remote run, downloaded first)."""
+        return self.store.fetch_checkpoint(entry["dir"], entry["files"])
 
     def _candidates(self, which, fit: int | None = None) -> tuple[dict, list[dict]]:
         manifest = self.read_manifest()
@@ -250,7 +232,9 @@ class CheckpointDirectory:
         for entry in candidates:
             try:
                 fp = manifest["fingerprints"][entry["fingerprint"]]
-                return self._from_copy(lambda e, fp=fp: read(e, fp), entry)
+                return self.store.read_fresh(
+                    lambda e=entry, fp=fp: read(e, fp), entry["dir"], CheckpointCorruptError
+                )
             except CheckpointCorruptError as e:
                 errors.append(str(e))
                 warnings.warn(f"Skipping damaged checkpoint {entry['dir']}: {e}", stacklevel=3)
@@ -270,7 +254,7 @@ class CheckpointDirectory:
 
         def check(entry, fp):
             if verify:
-                self._verify_copy(entry)  # _first_good downloads a damaged copy again
+                self._verify_copy(entry)  # read_fresh downloads a damaged copy again
             return entry
 
         return self._first_good(which, check, fit)
@@ -284,45 +268,14 @@ class CheckpointDirectory:
         (hashing releases the GIL), so verifying costs little on top of reading;
         nothing is returned, and so nothing loaded, unless they match.
         """
-        return self._first_good(which, lambda entry, fp: self._read(entry, fp, verify), fit)
 
-    def _read(self, entry: dict, fp: dict, verify: bool) -> LoadedCheckpoint:
-        root = self._local_copy(entry)
-        problems: list[BaseException] = []
-        checker = None
-        if verify:
-            self._check_location(root)
-            for record in entry["files"]:  # cheap: missing or resized files first
-                storage.check_size(root, record)
+        def read(entry, fp):
+            root = self._local_copy(entry)
+            if verify:
+                checkpoint.check_inside(root, self.path)
+            return checkpoint.read(root, entry, fp, verify)
 
-            def check():
-                try:
-                    self._verify_files(root, entry)
-                except BaseException as e:  # reported below, on this thread
-                    problems.append(e)
-
-            checker = threading.Thread(target=check, name="keras_resume verify")
-            checker.start()
-        try:
-            weights = model_state.read_weights(root, fp)
-            has_bundle = any(f["path"] == STATE_FILE for f in entry["files"])
-            bundle = StateBundle.read(root) if has_bundle else None
-        except CheckpointCorruptError as e:
-            read_error = e
-        except Exception as e:  # noqa: BLE001 - h5py raises many types for damage
-            read_error = CheckpointCorruptError(
-                f"Cannot read checkpoint {root} ({type(e).__name__}: {e}). Resume from "
-                "another checkpoint."
-            )
-        else:
-            read_error = None
-        if checker is not None:
-            checker.join()
-        if problems:  # the checksum names the damaged file: report it first
-            raise problems[0]
-        if read_error is not None:
-            raise read_error
-        return LoadedCheckpoint(entry, weights, bundle, fp)
+        return self._first_good(which, read, fit)
 
     def fingerprint_of(self, entry: dict) -> dict:
         return self.read_manifest()["fingerprints"][entry["fingerprint"]]
@@ -334,8 +287,7 @@ class CheckpointDirectory:
         if self.lock.held:
             return
         self.lock.acquire()
-        if self.remote is not None:
-            self.remote.pull_manifest(mf.MANIFEST_NAME)
+        self.store.fetch_manifest(mf.MANIFEST_NAME)
         if self.lock.took_over:
             holder = self.lock.took_over
             logger.warning(
@@ -362,11 +314,10 @@ class CheckpointDirectory:
             if _CHECKPOINT_DIR.match(child.name) and child.name not in committed:
                 logger.info("Removing uncommitted checkpoint %s", child)
                 storage.remove(child)
-        if self.remote is not None:
-            for name in self.remote.checkpoint_names(_CHECKPOINT_DIR):
-                if name not in committed:  # an upload a crash interrupted
-                    logger.info("Removing uncommitted checkpoint %s/%s", self.location, name)
-                    self.remote.remove_checkpoint(name)
+        for name in self.store.checkpoint_names(_CHECKPOINT_DIR):
+            if name not in committed:  # published, but a crash came before its manifest
+                logger.info("Removing uncommitted checkpoint %s/%s", self.location, name)
+                self.store.unpublish_checkpoint(name)
 
     def commit(self, model, kind: str, *args, **kwargs) -> dict:
         """Snapshots and commits one checkpoint, on this thread; returns its entry.
@@ -394,94 +345,49 @@ class CheckpointDirectory:
         `update(manifest, entry)` may change the manifest (best value, history)
         in the same atomic manifest write as the commit; it runs on the writer
         thread, so it must only use values fixed now. With `keep`, only the
-        newest `keep` checkpoints of `kind` stay listed. `weights` is a
-        `model_state.snapshot_weights` result to reuse (taken at this instant).
+        newest `keep` checkpoints of `kind` stay listed (`retention.for_saver`).
+        `weights` is a `model_state.snapshot_weights` result to reuse (taken at
+        this instant).
         """
-        if weights is None:
-            weights = model_state.snapshot_weights(model)
-        fp = model_state.fingerprint(model, weights)
-        return PendingCheckpoint(
-            kind=kind,
-            weights=weights,
-            bundle=bundle,
-            position=dict(position),
-            logs=mf.json_safe_logs(logs),
-            update=update,
-            keep=keep,
-            fingerprint=fp,
-            created=mf.utc_now(),
-            model_config=model_state.model_config(model),
-        )
+        return checkpoint.take(model, kind, bundle, position, logs, update, keep, weights)
 
     def write(self, pending: PendingCheckpoint) -> dict:
         """Writes a snapshot and commits it to the manifest; returns its entry.
 
         Stages the files, fsyncs them, renames the directory, then writes the
-        manifest: the commit point. The newest `keep` checkpoints of the kind
-        stay listed in that same write; the others' files are removed after it
-        (a crash in between leaves only unlisted directories, which the next
-        session removes).
+        manifest: the commit point. What retention unlists leaves the manifest
+        in that same write; its files are removed after it.
         """
         self.acquire_lock()
         manifest = self.read_manifest()
         ckpt_id = manifest["next_id"]
-        kind = pending.kind
-        name = f"{kind}-{ckpt_id:06d}"
         # An id at or above next_id is never in the manifest: only a crash
         # between rename and manifest write leaves such a directory.
-        storage.remove(self.path / name)
-        fp = pending.fingerprint
-        fp_id = model_state.fingerprint_id(fp)
-        with storage.StagedDirectory(self.path, name) as staged:
-            files = model_state.write_weights(pending.weights, staged.path)
-            if pending.parts_key is not None:
-                files += self._take_parts(staged.path, pending.parts_key)
-            if pending.model_config is not None:
-                storage.write_new_file(staged.path / model_state.CONFIG_FILE, pending.model_config)
-                files.append(model_state.CONFIG_FILE)
-            if pending.bundle is not None:
-                files += pending.bundle.write(staged.path)
-            entry = {
-                "id": ckpt_id,
-                "dir": name,
-                "kind": kind,
-                **pending.position,
-                "logs": pending.logs,
-                "files": [storage.file_record(staged.path, f) for f in files],
-                "created": pending.created,
-                "versions": backend.versions(),
-                "fingerprint": fp_id,
-            }
-            manifest["fingerprints"][fp_id] = fp
-            manifest["checkpoints"].append(entry)
-            manifest["next_id"] = ckpt_id + 1
-            if pending.update is not None:
-                pending.update(manifest, entry)
-            doomed = _drop_old(manifest, kind, pending.keep, pending.position.get("fit"))
-            # Each checkpoint describes itself, so a lost manifest can be rebuilt.
-            storage.write_new_file(
-                staged.path / mf.SELF_DESCRIPTION,
-                json.dumps(mf.self_description(manifest, entry), indent=1, sort_keys=True),
-            )
+        storage.remove(self.path / checkpoint.staged_name(pending.kind, ckpt_id))
+        with storage.StagedDirectory(
+            self.path, checkpoint.staged_name(pending.kind, ckpt_id)
+        ) as staged:
+            files = checkpoint.write_files(staged.path, pending, self._take_parts)
+            entry = checkpoint.new_entry(staged.path, pending, ckpt_id, files)
+            unlisted = _add_entry(manifest, entry, pending)
+            checkpoint.write_self_description(staged.path, manifest, entry)
             final = staged.commit()
+        self._publish(final, manifest, entry)
+        self.remove(unlisted)
+        return entry
+
+    def _publish(self, final: Path, manifest: dict, entry: dict) -> None:
+        """Publishes the committed directory, then the manifest listing it (the commit)."""
         try:
-            if self.remote is not None:
-                self.remote.push_checkpoint(final)
+            self.store.publish_checkpoint(final)
             self._save_manifest(manifest)
         except BaseException:
             # Not committed: remove it now, so no later save or rebuild can see a
             # second checkpoint with this id. (The manifest may have been replaced
             # before the failure, e.g. in the directory fsync: then it stays.)
             if not self._lists(entry):
-                storage.remove(final)
-                if self.remote is not None:
-                    self.remote.remove_checkpoint(name)
+                self.remove([entry])
             raise
-        for old_entry in doomed:
-            storage.retire(self.checkpoint_path(old_entry))
-            if self.remote is not None:
-                self.remote.remove_checkpoint(old_entry["dir"])
-        return entry
 
     def _take_parts(self, staged: Path, key: str) -> list[str]:
         """Moves the other processes' parts of this save into the checkpoint.
@@ -496,10 +402,9 @@ class CheckpointDirectory:
         return files
 
     def _save_manifest(self, manifest: dict) -> None:
-        """Writes the manifest atomically; for a remote run, then uploads it (the commit)."""
+        """Writes the manifest atomically, then publishes it (the commit)."""
         mf.write_manifest(self.manifest_path, manifest)
-        if self.remote is not None:
-            self.remote.push_manifest(mf.MANIFEST_NAME)
+        self.store.publish_manifest(mf.MANIFEST_NAME)
 
     def wait(self) -> None:
         """Waits for a save of this process still being written here; reports its outcome."""
@@ -508,8 +413,7 @@ class CheckpointDirectory:
     def _lists(self, entry: dict) -> bool:
         """Whether the committed manifest lists `entry` (True when that cannot be told)."""
         try:
-            if self.remote is not None:  # the remote manifest is the committed one
-                self.remote.pull_manifest(mf.MANIFEST_NAME)
+            self.store.fetch_manifest(mf.MANIFEST_NAME)  # the published one is the committed one
             manifest = mf.read_manifest(self.manifest_path) or mf.new_manifest()
         except (ManifestError, OSError):
             return True
@@ -530,6 +434,41 @@ class CheckpointDirectory:
         self._save_manifest(manifest)
         return manifest
 
+    # --- removing ---------------------------------------------------------------
+
+    def remove(self, entries: list[dict]) -> None:
+        """Deletes the files of checkpoints the manifest no longer lists, here and published.
+
+        Each directory is renamed out of sight first (`storage.retire`), so a
+        crash mid-removal leaves a leftover, never a half-deleted checkpoint.
+        """
+        for entry in entries:
+            storage.retire(self.checkpoint_path(entry))
+            self.store.unpublish_checkpoint(entry["dir"])
+
+    def retain(self, policy: retention.Policy) -> tuple[dict, dict, list[dict]]:
+        """Unlists every checkpoint `policy` does not keep, then deletes their files.
+
+        Planned on the manifest read under the writer lock (taken, and released
+        again unless this process held it): what is removed is exactly what
+        this write unlists. Returns `(manifest, plan, removed)`, `plan` as
+        `retention.plan` gives it.
+        """
+        found: dict = {}
+
+        def change(manifest: dict) -> None:
+            found["plan"] = retention.plan(manifest, policy)
+            found["removed"] = retention.unlist(manifest, found["plan"])
+
+        held_before = self.lock.held
+        try:
+            manifest = self.update_manifest(change)
+        finally:
+            if not held_before:
+                self.release_lock()
+        self.remove(found["removed"])  # unlisted now: deleting them is no longer a commit
+        return manifest, found["plan"], found["removed"]
+
     # --- the usual set of callbacks -----------------------------------------------
 
     def callbacks(
@@ -544,98 +483,37 @@ class CheckpointDirectory:
     ) -> list:
         """The usual set of callbacks, in the right order, for `model.fit(callbacks=...)`.
 
-        Returns `[FullStateResume, StepBackup, BestCheckpoint (if monitor),
-        RngCapture, SchedulerCapture (if track), *track]`. The tracked callbacks
-        are included: do not list them again. `snapshot` is the savers' (see
-        `StepBackup`).
+        See `keras_resume.callbacks.standard_callbacks`, which this calls.
         """
-        from keras_resume.callbacks import (
-            BestCheckpoint,
-            FullStateResume,
-            RngCapture,
-            SchedulerCapture,
-            StepBackup,
+        from keras_resume.callbacks.standard import standard_callbacks
+
+        return standard_callbacks(
+            self, every_n_steps, monitor, mode, track, keep, verbose, snapshot
         )
 
-        track = list(track or [])
-        out = [
-            FullStateResume(self, verbose=verbose),
-            StepBackup(
-                self, every_n_steps=every_n_steps, keep=keep, verbose=verbose, snapshot=snapshot
-            ),
-        ]
-        if monitor:
-            out.append(
-                BestCheckpoint(self, monitor=monitor, mode=mode, verbose=verbose, snapshot=snapshot)
-            )
-        out.append(RngCapture(self))
-        if track:
-            out.append(SchedulerCapture(self, track))
-        return out + track
 
-
-@dataclasses.dataclass
-class PendingCheckpoint:
-    """A checkpoint taken but not yet written: host copies and the manifest entry's facts."""
-
-    kind: str
-    weights: list
-    bundle: StateBundle | None
-    position: dict
-    logs: dict
-    update: object
-    keep: int | None
-    fingerprint: dict
-    created: str
-    model_config: str | None = None
-    # A multi-process job's backup: the save whose parts to wait for (multiprocess.py).
-    parts_key: str | None = None
-
-
-@dataclasses.dataclass
-class LoadedCheckpoint:
-    """A checkpoint read into memory (and verified): its entry, weights and state, and
-    the fingerprint its weights were read and are checked against."""
-
-    entry: dict
-    weights: dict
-    bundle: StateBundle | None
-    fingerprint: dict | None = None
-
-
-def _drop_old(manifest: dict, kind: str, keep: int | None, fit: int | None) -> list[dict]:
-    """Unlists all but the newest `keep` checkpoints of `kind`; returns the unlisted.
-
-    Of backups, those of fit number `fit` (the one writing); of every other fit
-    the newest backup stays: a rerun restores a finished phase from it.
-    """
-    if keep is None:
+def _add_entry(manifest: dict, entry: dict, pending: PendingCheckpoint) -> list[dict]:
+    """Lists `entry` (and its fingerprint) in `manifest`, applies the saver's
+    `update` and its retention; returns the entries retention unlisted."""
+    manifest["fingerprints"][entry["fingerprint"]] = pending.fingerprint
+    manifest["checkpoints"].append(entry)
+    manifest["next_id"] = entry["id"] + 1
+    if pending.update is not None:
+        pending.update(manifest, entry)
+    if pending.keep is None:
         return []
-    of_kind = mf.checkpoints_of_kind(manifest, kind)
-    if kind != "backup" or fit is None:
-        doomed = of_kind[: max(len(of_kind) - keep, 0)]
-    else:
-        doomed = []
-        for other in sorted({mf.fit_of(c) for c in of_kind}):
-            of_fit = [c for c in of_kind if mf.fit_of(c) == other]
-            doomed += of_fit[: max(len(of_fit) - (keep if other == fit else 1), 0)]
-        doomed.sort(key=lambda c: c["id"])
-    doomed_ids = {c["id"] for c in doomed}
-    manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c["id"] not in doomed_ids]
-    used = {c["fingerprint"] for c in manifest["checkpoints"]}
-    manifest["fingerprints"] = {k: v for k, v in manifest["fingerprints"].items() if k in used}
-    return doomed
+    policy = retention.for_saver(pending.kind, pending.keep, pending.position.get("fit"))
+    return retention.unlist(manifest, retention.plan(manifest, policy))
 
 
 _OPEN: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def as_directory(ckpt) -> CheckpointDirectory:
-    """Accepts a `CheckpointDirectory` or a path; one object per directory.
+    """Accepts a `CheckpointDirectory` or a path; one object per run in this process.
 
-    Callbacks given the same path share one object, so they share one manifest
-    view and one training session.
+    Callbacks and `restore` given the same run share one object, so they share
+    its writer lock and its manifest view (the lock is held per object).
     """
     directory = ckpt if isinstance(ckpt, CheckpointDirectory) else CheckpointDirectory(ckpt)
-    key = directory.location if directory.remote is not None else str(directory.path.resolve())
-    return _OPEN.setdefault(key, directory)
+    return _OPEN.setdefault(directory.store.key, directory)

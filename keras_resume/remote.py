@@ -20,13 +20,16 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from keras_resume import storage
 from keras_resume.errors import RemoteError
 
 logger = logging.getLogger("keras_resume")
 
+T = TypeVar("T")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 CACHE_ENV = "KERAS_RESUME_CACHE"
 
@@ -47,8 +50,8 @@ def _matches(path: Path, size) -> bool:
     return path.is_file() and (size is None or path.stat().st_size == size)
 
 
-class RemoteMirror:
-    """One remote run directory and its local mirror.
+class MirroredLocation:
+    """A remote run directory and its local mirror: a `location.Location`.
 
     Args:
         url: an fsspec URL such as `s3://bucket/runs/exp1`.
@@ -68,7 +71,8 @@ class RemoteMirror:
         self.root = self.root.rstrip("/")
         digest = hashlib.sha256(self.url.encode("utf-8")).hexdigest()[:16]
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", self.url.split("://", 1)[1])[-48:]
-        self.local = cache_root() / f"{name}-{digest}"
+        self.path = cache_root() / f"{name}-{digest}"
+        self.key = self.url
         self._downloaded: set[str] = set()  # checkpoints fetched by this object
 
     def _remote(self, relpath: str) -> str:
@@ -76,10 +80,13 @@ class RemoteMirror:
 
     # --- the manifest ---------------------------------------------------------------
 
-    def pull_manifest(self, manifest_name: str) -> None:
+    def check_exists(self) -> None:
+        pass  # an empty prefix reads as a run with no manifest: the caller says so
+
+    def fetch_manifest(self, manifest_name: str) -> None:
         """Copies the remote manifest over the local one (or removes the local one)."""
         remote = self._remote(manifest_name)
-        local = self.local / manifest_name
+        local = self.path / manifest_name
         try:
             data = self.fs.cat_file(remote)
         except FileNotFoundError:
@@ -87,12 +94,12 @@ class RemoteMirror:
             return
         except Exception as e:
             raise RemoteError(f"Cannot read {self.url}/{manifest_name}: {e}") from e
-        storage.make_run_directory(self.local)
+        storage.make_run_directory(self.path)
         storage.atomic_write_bytes(local, data)
 
-    def push_manifest(self, manifest_name: str) -> None:
+    def publish_manifest(self, manifest_name: str) -> None:
         """Uploads the local manifest in one PUT: the commit point of a remote save."""
-        data = (self.local / manifest_name).read_bytes()
+        data = (self.path / manifest_name).read_bytes()
         self.fs.pipe_file(self._remote(manifest_name), data)
 
     # --- checkpoint directories -------------------------------------------------------
@@ -107,28 +114,28 @@ class RemoteMirror:
         names = {c.rstrip("/").rsplit("/", 1)[-1] for c in children}
         return sorted(n for n in names if pattern.match(n))
 
-    def push_checkpoint(self, local_dir: Path) -> None:
+    def publish_checkpoint(self, local_dir: Path) -> None:
         """Uploads every file of a committed local checkpoint directory."""
         for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-            relpath = path.relative_to(self.local).as_posix()
+            relpath = path.relative_to(self.path).as_posix()
             self._put_file(str(path), self._remote(relpath))
 
     def _put_file(self, local: str, target: str) -> None:
         self.fs.put_file(local, target)
 
-    def pull_checkpoint(self, name: str, records: list) -> Path:
+    def fetch_checkpoint(self, name: str, records: list) -> Path:
         """Downloads a checkpoint's files into the mirror (staged, then renamed).
 
         `records` are manifest file records (or bare relative paths); a local
         copy whose files all exist with the recorded sizes is used as it is.
         """
-        final = self.local / name
+        final = self.path / name
         records = [r if isinstance(r, dict) else {"path": r} for r in records]
         if final.is_dir() and all(_matches(final / r["path"], r.get("size")) for r in records):
             return final
         self._downloaded.add(name)
         storage.remove(final)
-        with storage.StagedDirectory(self.local, name) as staged:
+        with storage.StagedDirectory(self.path, name) as staged:
             for record in records:
                 relpath = record["path"]
                 target = staged.path / relpath
@@ -140,21 +147,29 @@ class RemoteMirror:
             staged.commit()
         return final
 
-    def has_fresh_copy(self, name: str) -> bool:
-        """Whether the mirror's copy of `name` was downloaded by this object."""
-        return name in self._downloaded
-
-    def forget(self, name: str) -> None:
-        """Drops the mirror's copy of `name`: the next `pull_checkpoint` downloads it."""
-        storage.remove(self.local / name)
-        self._downloaded.discard(name)
+    def read_fresh(self, read: Callable[[], T], name: str, corrupt: type) -> T:
+        """`read()`; again from a new download if the mirror's copy, kept from
+        before, is damaged. Errors name the URL, not the mirror."""
+        try:
+            return read()
+        except corrupt as e:
+            if name in self._downloaded:  # downloaded by this object: the remote is damaged
+                raise self.named(e) from None
+            logger.warning(
+                "The local copy of %s/%s is damaged (%s); downloading it again", self.url, name, e
+            )
+            storage.remove(self.path / name)  # the next fetch_checkpoint downloads it
+        try:
+            return read()
+        except corrupt as e:
+            raise self.named(e) from None
 
     def named(self, error: Exception) -> Exception:
         """`error` of the same type, its message naming the URL instead of the mirror."""
-        text = str(error).replace(str(self.local), self.url)
+        text = str(error).replace(str(self.path), self.url)
         return error if text == str(error) else type(error)(text)
 
-    def remove_checkpoint(self, name: str) -> None:
+    def unpublish_checkpoint(self, name: str) -> None:
         try:
             self.fs.rm(self._remote(name), recursive=True)
         except FileNotFoundError:

@@ -24,8 +24,7 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-from keras_resume import manifest as mf
-from keras_resume import storage
+from keras_resume import retention, storage
 from keras_resume.directory import CheckpointDirectory
 from keras_resume.errors import CheckpointCorruptError, NoCheckpointError
 from keras_resume.restoring import load_into_model
@@ -73,17 +72,7 @@ def open_run(run) -> tuple[CheckpointDirectory, dict]:
         ManifestError: its manifest is foreign or damaged beyond rebuilding.
     """
     ckpt = run if isinstance(run, CheckpointDirectory) else CheckpointDirectory(run)
-    local = ckpt.remote is None
-    if local and not ckpt.path.exists():
-        raise NoCheckpointError(
-            f"Run directory {ckpt.location} does not exist. Pass the directory given to "
-            "keras_resume.CheckpointDirectory (or StepBackup) during training."
-        )
-    if local and not ckpt.path.is_dir():
-        raise NoCheckpointError(
-            f"Run directory {ckpt.location} is a file, not a directory. Pass the directory "
-            "given to keras_resume.CheckpointDirectory during training."
-        )
+    ckpt.store.check_exists()
     manifest = ckpt.read_manifest()
     if not manifest["checkpoints"] and not Path(ckpt.manifest_path).exists():
         raise NoCheckpointError(
@@ -583,36 +572,6 @@ def export_model(run, to, which="latest", format="keras", overwrite=False) -> di
     }
 
 
-def _prune_plan(manifest: dict, keep_last: int, keep_best: int, every: int | None) -> dict:
-    """Why each kept checkpoint stays: `{id: [reasons]}`; ids not in it go."""
-    reasons: dict[int, list[str]] = {}
-
-    def keep(entry, why):
-        reasons.setdefault(entry["id"], []).append(why)
-
-    backups = [c for c in manifest["checkpoints"] if c["kind"] == "backup"]
-    bests = [c for c in manifest["checkpoints"] if c["kind"] == "best"]
-    if backups:
-        keep(backups[-1], "newest backup (resume point)")
-    newest_of_fit = {mf.fit_of(c): c for c in backups}  # the last of each fit wins
-    for fit, entry in sorted(newest_of_fit.items()):
-        if entry is not backups[-1]:  # a rerun of the script gets that fit back from it
-            keep(entry, f"newest backup of fit {fit}")
-    best_id = _best_id(manifest)
-    for entry in manifest["checkpoints"]:
-        if entry["id"] == best_id:
-            keep(entry, "current best")
-    for entry in backups[::-1][:keep_last]:
-        keep(entry, f"last {keep_last} backups")
-    for entry in bests[::-1][:keep_best]:
-        keep(entry, f"newest {keep_best} best")
-    if every:
-        for entry in backups:
-            if entry["epoch_complete"] and (entry["epoch"] + 1) % every == 0:
-                keep(entry, f"end of epoch {entry['epoch'] + 1} (every {every})")
-    return reasons
-
-
 def prune(run, keep_last=1, keep_best=1, keep_every_epochs=None, dry_run=False) -> dict:
     """Removes old checkpoints of a run, keeping the ones a rule asks for.
 
@@ -659,32 +618,11 @@ def prune(run, keep_last=1, keep_best=1, keep_every_epochs=None, dry_run=False) 
                 f"Expected an integer >= {low}."
             )
     ckpt, manifest = open_run(run)
-    plan = _prune_plan(manifest, keep_last, keep_best, keep_every_epochs)
+    policy = retention.for_prune(keep_last, keep_best, keep_every_epochs)
+    plan = retention.plan(manifest, policy)
     removed: list[dict] = [c for c in manifest["checkpoints"] if c["id"] not in plan]
     if removed and not dry_run:
-        removed = []
-
-        def change(locked: dict) -> None:
-            # Planned again on the manifest read under the lock: what is removed
-            # is exactly what this write unlists.
-            fresh = _prune_plan(locked, keep_last, keep_best, keep_every_epochs)
-            removed.extend(c for c in locked["checkpoints"] if c["id"] not in fresh)
-            locked["checkpoints"] = [c for c in locked["checkpoints"] if c["id"] in fresh]
-            used = {c["fingerprint"] for c in locked["checkpoints"]}
-            locked["fingerprints"] = {k: v for k, v in locked["fingerprints"].items() if k in used}
-            plan.clear()
-            plan.update(fresh)
-
-        held_before = ckpt.lock.held
-        try:
-            manifest = ckpt.update_manifest(change)
-        finally:
-            if not held_before:
-                ckpt.release_lock()
-        for entry in removed:  # unlisted now: deleting them is no longer a commit
-            storage.retire(ckpt.checkpoint_path(entry))
-            if ckpt.remote is not None:
-                ckpt.remote.remove_checkpoint(entry["dir"])
+        manifest, plan, removed = ckpt.retain(policy)
     backups = [c for c in manifest["checkpoints"] if c["kind"] == "backup"]
     resume_id = backups[-1]["id"] if backups else None  # what select("latest") picks
     now = datetime.now(timezone.utc)

@@ -25,9 +25,8 @@ import pytest
 
 import keras_resume as kr
 from keras_resume import manifest as mf
-from keras_resume import runs as krr
+from keras_resume import retention
 from keras_resume.callbacks import session as session_module
-from keras_resume.directory import _drop_old
 from keras_resume.errors import (
     CheckpointCorruptError,
     CheckpointMismatchError,
@@ -270,14 +269,15 @@ def _manifest_with_fits(fits):
 
 def test_retention_keeps_the_newest_backup_of_every_other_fit():
     manifest = _manifest_with_fits([None, 0, 0, 1, 1, 2, 2, 2])
-    doomed = _drop_old(manifest, "backup", 2, fit=2)
+    policy = retention.for_saver("backup", 2, fit=2)
+    doomed = retention.unlist(manifest, retention.plan(manifest, policy))
     assert [c["id"] for c in doomed] == [0, 1, 3, 5]
     assert [c["id"] for c in manifest["checkpoints"]] == [2, 4, 6, 7]
 
 
 def test_prune_keeps_the_newest_backup_of_every_fit():
     manifest = _manifest_with_fits([0, 0, None, 1, 1])
-    plan = krr._prune_plan(manifest, keep_last=1, keep_best=0, every=None)
+    plan = retention.plan(manifest, retention.for_prune(keep_last=1, keep_best=0, every=None))
     assert sorted(plan) == [2, 4]
     assert plan[2] == ["newest backup of fit 0"]
 

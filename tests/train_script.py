@@ -175,7 +175,7 @@ def kill_in_upload(n):
     from keras_resume import remote
 
     uploads = [0]
-    put = remote.RemoteMirror._put_file
+    put = remote.MirroredLocation._put_file
 
     def dying_put(self, local, target):
         put(self, local, target)
@@ -184,7 +184,7 @@ def kill_in_upload(n):
             if uploads[0] == n:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    remote.RemoteMirror._put_file = dying_put
+    remote.MirroredLocation._put_file = dying_put
 
 
 def final_state(model, read=backend.to_numpy):

@@ -14,7 +14,7 @@ import weakref
 import keras
 
 from keras_resume import backend, multiprocess
-from keras_resume.directory import CheckpointDirectory, as_directory
+from keras_resume.directory import CheckpointDirectory, as_directory  # noqa: F401
 from keras_resume.errors import DirectoryLockedError, KerasResumeError, SaveError
 from keras_resume.state import append_logs, model_state
 from keras_resume.state.bundle import StateBundle
@@ -29,6 +29,9 @@ logger = logging.getLogger("keras_resume")
 # not counted: calling `fit` again continues that same fit.
 _FITS_RETURNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
+# The TrainingSession of the fit running now, per directory object (see join).
+_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
 
 def fit_ordinal(model) -> int:
     """The ordinal of `model`'s next (or running) `fit`: 0 for its first."""
@@ -36,6 +39,27 @@ def fit_ordinal(model) -> int:
 
 
 class TrainingSession:
+    """What keras_resume's callbacks share during one `fit` call on one directory.
+
+    Opened by `join` for the first member callback at `on_train_begin`; the
+    last member's `on_train_end` closes it (waits for the save in flight,
+    undoes its wrappers, releases the directory's lock). It holds:
+
+    - the members and the capture providers (`providers`: section -> callback
+      with `capture_state` / `restore_state`, see `state.StateProvider`);
+    - the position: `epoch`, `trained_in_epoch`, `global_step` (batches
+      trained, counted here, not the optimizer's `iterations`), and the
+      batches to skip after a mid-epoch resume (`skip_epoch`, `skip_steps`,
+      set by `FullStateResume`);
+    - this process's `role` in a multi-process job (only the primary writes),
+      the fit's ordinal `fit` (recorded in every checkpoint), the data
+      tracker and appending CSV loggers whose state goes into a backup;
+    - the host buffers that weights snapshots reuse (`snapshot_buffers`) and
+      whether snapshots are copied on the device (`on_device`).
+
+    It is not public: callbacks read and write these attributes directly.
+    """
+
     def __init__(self, ckpt: CheckpointDirectory, model, epoch_iterator):
         self.ckpt = ckpt
         self.model = model
@@ -227,7 +251,7 @@ def join(ckpt: CheckpointDirectory, callback) -> TrainingSession:
     ended with an exception (Ctrl-C) is closed first.
     """
     iterator = backend.find_epoch_iterator(callback.model)
-    session = ckpt.session
+    session = _SESSIONS.get(ckpt)
     same_fit = (
         session is not None
         and not session.closed
@@ -242,7 +266,7 @@ def join(ckpt: CheckpointDirectory, callback) -> TrainingSession:
         if session is not None:
             session.close(report=False)
         session = TrainingSession(ckpt, callback.model, iterator)
-        ckpt.session = session
+        _SESSIONS[ckpt] = session
     if all(c is not callback for c in session.members):
         session.members.append(callback)
     return session
