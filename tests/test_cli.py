@@ -400,8 +400,8 @@ def test_every_subcommand_help_has_an_example(capsys):
 
 
 def test_cli_works_without_the_supervisor_module(trained, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "keras_resume.supervisor", None)  # import fails
-    monkeypatch.delattr(kr, "supervisor", raising=False)
+    monkeypatch.setitem(sys.modules, "keras_resume.supervise", None)  # import fails
+    monkeypatch.delattr(kr, "supervise", raising=False)
     status, _, err = run_cli(capsys, "run", "--help")
     assert status == 2 and "invalid choice: 'run'" in err
     status, _, _ = run_cli(capsys, "ls", trained.run)

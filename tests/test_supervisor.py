@@ -1,9 +1,9 @@
 """keras-resume run: the supervisor that restarts a crashed training command.
 
 Everything here is a real process: the supervisor runs in a fresh interpreter
-(standalone from its file, which needs only the standard library, or as
-`python -m keras_resume.supervisor`), its commands are real scripts that kill
-themselves or exit, and signals are real signals. Backoff is 0 to keep it fast.
+(standalone from keras_resume/supervise/__main__.py, which needs only the standard
+library, or as `python -m keras_resume.supervisor`), its commands are real scripts
+that kill themselves or exit, and signals are real signals. Backoff is 0 to keep it fast.
 """
 
 import argparse
@@ -20,19 +20,28 @@ from keras_resume import supervisor
 from tests.conftest import SCRIPT, SUBPROCESS_TIMEOUT, assert_identical, load_result, run_script
 
 REPO = SCRIPT.parent.parent
-MODULE = REPO / "keras_resume" / "supervisor.py"
+MODULE = REPO / "keras_resume" / "supervise" / "__main__.py"
 TIMEOUT = 60  # for a supervisor whose commands are the small scripts below
 HANG_GUARD = 120  # seconds a wait for a file or a process may take before the test fails
 
-# Runs supervisor.py as `__main__` without importing the keras_resume package,
-# and checks that it loaded neither Keras nor NumPy (the supervisor stays small).
+# Runs the supervisor's file as `__main__`, and checks that it loaded neither Keras
+# nor NumPy, nor any module outside the standard library but keras_resume.supervise
+# and the package's lazy __init__ (the supervisor stays small).
 STANDALONE = """\
 import runpy, sys
+before = set(sys.modules)
 try:
     runpy.run_path(sys.argv.pop(1), run_name="__main__")
 finally:
     heavy = sorted(m for m in ("keras", "tensorflow", "numpy") if m in sys.modules)
     assert not heavy, f"the supervisor imported {heavy}"
+    ours = ("keras_resume", "keras_resume.supervise", "keras_resume.supervisor")
+    foreign = sorted(
+        m for m in set(sys.modules) - before
+        if m.split(".")[0] not in sys.stdlib_module_names
+        and m not in ours and not m.startswith("keras_resume.supervise.")
+    )
+    assert not foreign, f"the supervisor imported {foreign}"
 """
 
 # A stand-in for a training script: counts its runs in a file, records the
@@ -394,7 +403,7 @@ def test_help_has_an_example():
 
 
 def test_registers_as_a_subcommand_and_restores_signal_handlers():
-    # As keras_resume/cli.py registers it: a subcommand whose dest is "command".
+    # As keras_resume/cli/ registers it: a subcommand whose dest is "command".
     parser = argparse.ArgumentParser(prog="keras-resume")
     run = parser.add_subparsers(dest="command").add_parser("run")
     supervisor.add_arguments(run)
