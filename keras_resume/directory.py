@@ -471,25 +471,16 @@ class CheckpointDirectory:
 
     # --- the usual set of callbacks -----------------------------------------------
 
-    def callbacks(
-        self,
-        every_n_steps: int | None = None,
-        monitor: str | None = "val_loss",
-        mode: str = "auto",
-        track: list | None = None,
-        keep: int = 2,
-        verbose: int = 0,
-        snapshot: str = "auto",
-    ) -> list:
+    def callbacks(self, *args, **kwargs) -> list:
         """The usual set of callbacks, in the right order, for `model.fit(callbacks=...)`.
 
-        See `keras_resume.callbacks.standard_callbacks`, which this calls.
+        Takes the arguments of `keras_resume.callbacks.standard_callbacks`
+        (`every_n_steps`, `monitor`, `mode`, `track`, `keep`, `verbose`,
+        `snapshot`), which this calls with this directory.
         """
         from keras_resume.callbacks.standard import standard_callbacks
 
-        return standard_callbacks(
-            self, every_n_steps, monitor, mode, track, keep, verbose, snapshot
-        )
+        return standard_callbacks(self, *args, **kwargs)
 
 
 def _add_entry(manifest: dict, entry: dict, pending: PendingCheckpoint) -> list[dict]:
