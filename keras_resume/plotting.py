@@ -61,10 +61,26 @@ def plot(run, metrics: list[str] | None = None):
 
     Example:
 
-    ```python
-    fig = keras_resume.plot("runs/exp1", metrics=["loss", "val_loss"])
-    fig.savefig("curve.png")
-    ```
+    >>> import os
+    >>> import tempfile
+    >>> import keras
+    >>> import numpy as np
+    >>> import keras_resume as kr
+    >>> x = np.random.default_rng(0).random((8, 2))
+    >>> y = x.sum(axis=1, keepdims=True)
+    >>> run = tempfile.mkdtemp()
+    >>> def train(epochs):  # the training script, run twice
+    ...     keras.utils.set_random_seed(0)
+    ...     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    ...     model.compile(optimizer="sgd", loss="mse")
+    ...     model.fit(x, y, validation_data=(x, y), epochs=epochs, verbose=0,
+    ...               callbacks=kr.CheckpointDirectory(run).callbacks())
+    >>> train(epochs=1)
+    >>> train(epochs=2)  # resumed at the start of epoch 2
+    >>> fig = kr.plot(run, metrics=["loss", "val_loss"])
+    >>> fig.axes[0].get_legend_handles_labels()[1]
+    ['loss', 'val_loss', 'resumed', 'best val_loss = ... (epoch 2)']
+    >>> fig.savefig(os.path.join(run, "curve.png"))
 
     Args:
         run: a path, an fsspec URL or a `CheckpointDirectory`.

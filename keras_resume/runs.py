@@ -152,10 +152,22 @@ def list_checkpoints(run) -> list[dict]:
 
     Example:
 
-    ```python
-    for row in keras_resume.list_checkpoints("runs/exp1"):
-        print(row["id"], row["kind"], row["epoch"], row["resume"], row["best"])
-    ```
+    >>> import tempfile
+    >>> import keras
+    >>> import numpy as np
+    >>> import keras_resume as kr
+    >>> x = np.random.default_rng(0).random((8, 2))
+    >>> y = x.sum(axis=1, keepdims=True)
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> run = tempfile.mkdtemp()
+    >>> _ = model.fit(x, y, validation_data=(x, y), epochs=2, verbose=0,
+    ...               callbacks=kr.CheckpointDirectory(run).callbacks())
+    >>> for row in kr.list_checkpoints(run):  # epochs 1-based, as Keras prints them
+    ...     print(row["id"], row["kind"], row["epoch"], row["resume"], row["best"])
+    2 backup 1 False False
+    3 best 2 False True
+    4 backup 2 True False
 
     Each row holds `id`, `dir`, `kind` ("backup" or "best"), `epoch`
     (1-based, as Keras prints it: the manifest's `epoch` + 1), `step_in_epoch`,
@@ -194,10 +206,24 @@ def history(run, as_frame: bool | None = None):
 
     Example:
 
-    ```python
-    h = keras_resume.history("runs/exp1", as_frame=False)
-    h["epoch"], h["loss"]            # [0, 1, 2], [0.91, 0.72, 0.64]
-    ```
+    >>> import tempfile
+    >>> import keras
+    >>> import numpy as np
+    >>> import keras_resume as kr
+    >>> x = np.random.default_rng(0).random((8, 2))
+    >>> y = x.sum(axis=1, keepdims=True)
+    >>> run = tempfile.mkdtemp()
+    >>> def train(epochs):  # the training script, run twice
+    ...     keras.utils.set_random_seed(0)
+    ...     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    ...     model.compile(optimizer="sgd", loss="mse")
+    ...     model.fit(x, y, epochs=epochs, verbose=0,
+    ...               callbacks=kr.CheckpointDirectory(run).callbacks(monitor=None))
+    >>> train(epochs=1)
+    >>> train(epochs=3)  # resumed: trains epochs 2 and 3
+    >>> h = kr.history(run, as_frame=False)
+    >>> h["epoch"], len(h["loss"])
+    ([0, 1, 2], 3)
 
     Epochs are 0-based, as in Keras's `History.epoch`. A metric missing from
     an epoch's logs is None (NaN in a DataFrame).
