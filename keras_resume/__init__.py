@@ -35,7 +35,7 @@ _EXPORTS = {
     "restore": "keras_resume.restoring",
     "history": "keras_resume.runs",
     "list_checkpoints": "keras_resume.runs",
-    "plot": "keras_resume.runs",
+    "plot": "keras_resume.plotting",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -60,11 +60,23 @@ class CheckpointDirectory:
 
     Example:
 
-    ```python
-    ckpt = keras_resume.CheckpointDirectory("runs/exp1")
-    model.fit(x, y, epochs=10, callbacks=ckpt.callbacks(every_n_steps=100))
-    ckpt.history()["loss"]        # per-epoch losses, across restarts
-    ```
+    >>> import tempfile
+    >>> import keras
+    >>> import numpy as np
+    >>> import keras_resume as kr
+    >>> x = np.random.default_rng(0).random((8, 2))
+    >>> y = x.sum(axis=1, keepdims=True)
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> ckpt = kr.CheckpointDirectory(tempfile.mkdtemp())
+    >>> _ = model.fit(x, y, validation_data=(x, y), epochs=2, verbose=0,
+    ...               callbacks=ckpt.callbacks(every_n_steps=100))
+    >>> [(c["kind"], c["epoch"]) for c in ckpt.checkpoints()]  # 0-based epochs
+    [('backup', 0), ('best', 1), ('backup', 1)]
+    >>> ckpt.history()["epoch"]  # per-epoch logs, across restarts
+    [0, 1]
+    >>> ckpt.best()["monitor"]
+    'val_loss'
 
     A remote directory (`"s3://bucket/runs/exp1"`, any fsspec URL) works the
     same way through a local mirror (see `keras_resume.remote`): its manifest,

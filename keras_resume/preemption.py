@@ -16,10 +16,56 @@ import threading
 logger = logging.getLogger("keras_resume")
 
 EXIT_PREEMPTED = 128 + signal.SIGTERM
+"""The exit status after a preemption checkpoint: 143, as for a process ended by SIGTERM.
+
+`Preempted` exits the interpreter with it; `keras-resume run` restarts a
+command that exits with it, as do schedulers set to requeue preempted jobs.
+
+Example:
+
+>>> import signal
+>>> import keras_resume as kr
+>>> kr.EXIT_PREEMPTED
+143
+>>> kr.EXIT_PREEMPTED == 128 + signal.SIGTERM
+True
+"""
 
 
 class Preempted(SystemExit):
-    """Raised after the preemption checkpoint is committed; exits with status 143."""
+    """Raised after the preemption checkpoint is committed; exits with status 143.
+
+    `StepBackup` turns a SIGTERM that arrives during `fit` into a full
+    checkpoint at the next step boundary, then raises this `SystemExit`:
+    uncaught, the interpreter exits with status `EXIT_PREEMPTED`, and the rerun
+    command resumes (with `FullStateResume`) from that checkpoint.
+
+    Example:
+
+    >>> import os
+    >>> import signal
+    >>> import tempfile
+    >>> import keras
+    >>> import numpy as np
+    >>> import keras_resume as kr
+    >>> x = np.random.default_rng(0).random((8, 2))
+    >>> y = x.sum(axis=1, keepdims=True)
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> class SendSigterm(keras.callbacks.Callback):  # what a scheduler does before a kill
+    ...     def on_train_batch_end(self, batch, logs=None):
+    ...         if batch == 0:
+    ...             os.kill(os.getpid(), signal.SIGTERM)
+    >>> run = tempfile.mkdtemp()
+    >>> try:
+    ...     model.fit(x, y, batch_size=4, epochs=2, verbose=0,
+    ...               callbacks=[kr.StepBackup(run), SendSigterm()])
+    ... except kr.Preempted as e:
+    ...     print(type(e).__name__, e.code)
+    Preempted 143
+    >>> [(c["epoch"], c["step_in_epoch"]) for c in kr.list_checkpoints(run)]  # epoch 1, step 1
+    [(1, 1)]
+    """
 
     def __init__(self, message: str):
         super().__init__(EXIT_PREEMPTED)

@@ -29,6 +29,26 @@ class RestoreInfo:
         logs: the logs recorded with the checkpoint.
         fit: which `fit` call of the script wrote it (0 for the first; see
             `FullStateResume`).
+
+    Example:
+
+    >>> import tempfile
+    >>> import keras
+    >>> import numpy as np
+    >>> import keras_resume as kr
+    >>> x = np.random.default_rng(0).random((8, 2))
+    >>> y = x.sum(axis=1, keepdims=True)
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> run = tempfile.mkdtemp()
+    >>> _ = model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[kr.StepBackup(run)])
+    >>> info = kr.restore(model, run)
+    >>> info.kind, info.epoch, info.step, info.global_step  # 2 steps an epoch
+    ('backup', 1, 2, 4)
+    >>> info.initial_epoch, info.initial_step  # epoch 1 was complete: continue at epoch 2
+    (2, 0)
+    >>> sorted(info.logs)
+    ['loss']
     """
 
     checkpoint_id: int
@@ -140,11 +160,27 @@ def restore(model, ckpt, which="latest", verify: bool = True) -> RestoreInfo:
 
     Example:
 
-    ```python
-    info = keras_resume.restore(model, "runs/exp1")          # newest backup
-    keras_resume.restore(model, "runs/exp1", which="best")   # best checkpoint
-    model.fit(x, y, epochs=10, initial_epoch=info.initial_epoch)
-    ```
+    >>> import tempfile
+    >>> import keras
+    >>> import numpy as np
+    >>> import keras_resume as kr
+    >>> x = np.random.default_rng(0).random((8, 2))
+    >>> y = x.sum(axis=1, keepdims=True)
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> run = tempfile.mkdtemp()
+    >>> _ = model.fit(x, y, validation_data=(x, y), epochs=2, verbose=0,
+    ...               callbacks=[kr.StepBackup(run), kr.BestCheckpoint(run)])
+    >>> fresh = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> fresh.compile(optimizer="sgd", loss="mse")
+    >>> info = kr.restore(fresh, run)  # the newest backup
+    >>> info.kind, info.initial_epoch
+    ('backup', 2)
+    >>> all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), model.get_weights()))
+    True
+    >>> kr.restore(fresh, run, which="best").kind
+    'best'
+    >>> _ = fresh.fit(x, y, epochs=3, initial_epoch=info.initial_epoch, verbose=0)
 
     Args:
         model: a built Keras model with the same variables as the one saved

@@ -19,7 +19,6 @@ krr.plot("runs/exp1").savefig("curve.png")
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 from keras_resume import retention, storage
 from keras_resume.directory import CheckpointDirectory
 from keras_resume.errors import CheckpointCorruptError, NoCheckpointError
+from keras_resume.plotting import plot
 from keras_resume.restoring import load_into_model
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
 
 MODEL_JSON = "model.json"
 WEIGHTS_FILE = "model.weights.h5"
-PLOT_INSTALL = "pip install 'keras-resume[plot]'"
 
 
 # --- opening a run ----------------------------------------------------------------
@@ -153,10 +152,22 @@ def list_checkpoints(run) -> list[dict]:
 
     Example:
 
-    ```python
-    for row in keras_resume.list_checkpoints("runs/exp1"):
-        print(row["id"], row["kind"], row["epoch"], row["resume"], row["best"])
-    ```
+    >>> import tempfile
+    >>> import keras
+    >>> import numpy as np
+    >>> import keras_resume as kr
+    >>> x = np.random.default_rng(0).random((8, 2))
+    >>> y = x.sum(axis=1, keepdims=True)
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> run = tempfile.mkdtemp()
+    >>> _ = model.fit(x, y, validation_data=(x, y), epochs=2, verbose=0,
+    ...               callbacks=kr.CheckpointDirectory(run).callbacks())
+    >>> for row in kr.list_checkpoints(run):  # epochs 1-based, as Keras prints them
+    ...     print(row["id"], row["kind"], row["epoch"], row["resume"], row["best"])
+    2 backup 1 False False
+    3 best 2 False True
+    4 backup 2 True False
 
     Each row holds `id`, `dir`, `kind` ("backup" or "best"), `epoch`
     (1-based, as Keras prints it: the manifest's `epoch` + 1), `step_in_epoch`,
@@ -195,10 +206,24 @@ def history(run, as_frame: bool | None = None):
 
     Example:
 
-    ```python
-    h = keras_resume.history("runs/exp1", as_frame=False)
-    h["epoch"], h["loss"]            # [0, 1, 2], [0.91, 0.72, 0.64]
-    ```
+    >>> import tempfile
+    >>> import keras
+    >>> import numpy as np
+    >>> import keras_resume as kr
+    >>> x = np.random.default_rng(0).random((8, 2))
+    >>> y = x.sum(axis=1, keepdims=True)
+    >>> run = tempfile.mkdtemp()
+    >>> def train(epochs):  # the training script, run twice
+    ...     keras.utils.set_random_seed(0)
+    ...     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    ...     model.compile(optimizer="sgd", loss="mse")
+    ...     model.fit(x, y, epochs=epochs, verbose=0,
+    ...               callbacks=kr.CheckpointDirectory(run).callbacks(monitor=None))
+    >>> train(epochs=1)
+    >>> train(epochs=3)  # resumed: trains epochs 2 and 3
+    >>> h = kr.history(run, as_frame=False)
+    >>> h["epoch"], len(h["loss"])
+    ([0, 1, 2], 3)
 
     Epochs are 0-based, as in Keras's `History.epoch`. A metric missing from
     an epoch's logs is None (NaN in a DataFrame).
@@ -226,131 +251,6 @@ def history(run, as_frame: bool | None = None):
             ) from None
         return merged
     return pandas.DataFrame(merged)
-
-
-def _steps_per_epoch(manifest: dict) -> int | None:
-    steps = [c["step_in_epoch"] for c in manifest["checkpoints"] if c["epoch_complete"]]
-    return max(steps) if steps else None
-
-
-def resume_positions(manifest: dict) -> list[float]:
-    """Where each resume happened on the 1-based epoch axis of `plot`.
-
-    A resume at the start of (0-based) epoch `e` sits at `e` (the end of the
-    `e`-th epoch as Keras prints it); one at step `s` of it at `e + s / steps`,
-    the steps of an epoch read from an epoch-end checkpoint (half way when no
-    such checkpoint is listed).
-    """
-    steps = _steps_per_epoch(manifest)
-    positions = []
-    for resume in manifest["resumes"]:
-        epoch = resume.get("epoch")
-        step = resume.get("step_in_epoch") or 0
-        if not isinstance(epoch, int) or isinstance(epoch, bool):
-            continue
-        if step and steps:
-            fraction = min(step / steps, 1.0)
-        else:
-            fraction = 0.5 if step else 0.0
-        positions.append(epoch + fraction)
-    return positions
-
-
-def _default_metrics(merged: dict) -> list[str]:
-    names = [k for k in merged if k != "epoch"]
-    losses = [k for k in names if "loss" in k]
-    return losses or names
-
-
-def plot(run, metrics: list[str] | None = None):
-    """Plots a run's per-epoch metrics across restarts, with resumes and the best epoch.
-
-    Use it to see at a glance how an interrupted run trained: one curve per
-    metric over the epochs (1-based, as Keras prints them), a dashed
-    vertical line where each resume continued, and a star on the best epoch
-    of the monitored metric. Needs matplotlib (`pip install
-    'keras-resume[plot]'`). The figure is not attached to pyplot, so it
-    draws with no GUI backend; a notebook shows it when it is the cell's
-    value.
-
-    Example:
-
-    ```python
-    fig = keras_resume.plot("runs/exp1", metrics=["loss", "val_loss"])
-    fig.savefig("curve.png")
-    ```
-
-    Args:
-        run: a path, an fsspec URL or a `CheckpointDirectory`.
-        metrics: the metric names to plot. Defaults to None: every metric
-            whose name contains "loss", or every metric when none does.
-
-    Returns:
-        A `matplotlib.figure.Figure`.
-    """
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError(
-            f"keras_resume.plot needs matplotlib, which is not installed. Run `{PLOT_INSTALL}` "
-            "(or `pip install matplotlib`)."
-        ) from None
-    ckpt, manifest = open_run(run)
-    merged = _merged_history(manifest)
-    if not merged["epoch"]:
-        raise ValueError(
-            f"Run {ckpt.location} has no completed epoch in its manifest's history: nothing "
-            "to plot. Plot it after its first epoch ends."
-        )
-    available = [k for k in merged if k != "epoch"]
-    metrics = list(metrics) if metrics else _default_metrics(merged)
-    missing = [m for m in metrics if m not in available]
-    if missing:
-        raise ValueError(
-            f"Invalid value for argument metrics. Received: metrics={missing!r}: not logged in "
-            f"the history of {ckpt.location}. Logged metrics: {available}."
-        )
-    x = [e + 1 for e in merged["epoch"]]
-    figure = Figure(figsize=(7, 4.2), layout="constrained")
-    axes = figure.add_subplot()
-    for name in metrics:
-        y = [math.nan if v is None else v for v in merged[name]]
-        axes.plot(x, y, marker="o", label=name, gid=f"metric:{name}")
-    for i, position in enumerate(resume_positions(manifest)):
-        axes.axvline(
-            position,
-            color="0.45",
-            linestyle="--",
-            linewidth=1,
-            label="resumed" if i == 0 else None,
-            gid="resume",
-        )
-    best = manifest.get("best")
-    if best and isinstance(best.get("epoch"), int):
-        bx = best["epoch"] + 1
-        label = f"best {best['monitor']} = {log_value(best['value']):.4g} (epoch {bx})"
-        if best["monitor"] in metrics:
-            axes.plot(
-                [bx],
-                [log_value(best["value"])],
-                marker="*",
-                markersize=15,
-                color="gold",
-                markeredgecolor="black",
-                linestyle="none",
-                label=label,
-                gid="best",
-            )
-        else:
-            axes.axvline(bx, color="gold", linestyle=":", linewidth=2, label=label, gid="best")
-    axes.set_xlabel("epoch")
-    axes.set_ylabel(", ".join(metrics))
-    axes.set_title(str(ckpt.location), fontsize="medium")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
-    if len(x) < 15:
-        axes.set_xticks(x)
-    return figure
 
 
 # --- checking, exporting and pruning ----------------------------------------------

@@ -25,11 +25,24 @@ class BestCheckpoint(SessionCallback, backend.MonitorCallback):
 
     Example:
 
-    ```python
-    model.fit(x, y, validation_data=(xv, yv), epochs=30, callbacks=[
-        keras_resume.BestCheckpoint("runs/exp1", monitor="val_loss"),
-    ])
-    ```
+    >>> import tempfile
+    >>> import keras
+    >>> import numpy as np
+    >>> import keras_resume as kr
+    >>> x = np.random.default_rng(0).random((8, 2))
+    >>> y = x.sum(axis=1, keepdims=True)
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> run = tempfile.mkdtemp()
+    >>> _ = model.fit(x, y, validation_data=(x, y), epochs=2, verbose=0,
+    ...               callbacks=[kr.BestCheckpoint(run, monitor="val_loss")])
+    >>> best = kr.CheckpointDirectory(run).best()
+    >>> best["monitor"], best["epoch"]  # 0-based: the second epoch was the better one
+    ('val_loss', 1)
+    >>> len(kr.list_checkpoints(run))  # keep=1: only the best is kept
+    1
+    >>> kr.restore(model, run, which="best").epoch
+    1
 
     Args:
         ckpt: a `CheckpointDirectory` or a path.

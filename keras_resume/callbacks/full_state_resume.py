@@ -41,14 +41,34 @@ class FullStateResume(SessionCallback):
 
     Example:
 
-    ```python
-    ckpt = keras_resume.CheckpointDirectory("runs/exp1")
-    model.fit(x, y, epochs=10, callbacks=[
-        keras_resume.FullStateResume(ckpt),
-        keras_resume.StepBackup(ckpt, every_n_steps=100),
-        keras_resume.RngCapture(ckpt),
-    ])
-    ```
+    >>> import tempfile
+    >>> import keras
+    >>> import numpy as np
+    >>> import keras_resume as kr
+    >>> x = np.random.default_rng(0).random((8, 2))
+    >>> y = x.sum(axis=1, keepdims=True)
+    >>> run = tempfile.mkdtemp()
+    >>> class Crash(keras.callbacks.Callback):  # stands in for a kill before step 4
+    ...     def on_train_batch_begin(self, batch, logs=None):
+    ...         if self.model.optimizer.iterations.numpy() == 3:
+    ...             raise KeyboardInterrupt
+    >>> def train(extra=()):  # the training script, run twice
+    ...     keras.utils.set_random_seed(0)
+    ...     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    ...     model.compile(optimizer="sgd", loss="mse")
+    ...     callbacks = [kr.FullStateResume(run, verbose=1),
+    ...                  kr.StepBackup(run, every_n_steps=1), kr.RngCapture(run)]
+    ...     return model.fit(x, y, batch_size=4, epochs=3, verbose=0,
+    ...                      callbacks=callbacks + list(extra))
+    >>> try:
+    ...     train(extra=[Crash()])
+    ... except KeyboardInterrupt:
+    ...     print("interrupted")
+    interrupted
+    >>> history = train()  # the rerun continues in epoch 2, after its first step
+    Resumed ... at epoch 2, step 1 of 2: skipping 1 batches (from backup-...)
+    >>> history.epoch  # the epochs of both attempts
+    [0, 1, 2]
 
     Args:
         ckpt: a `CheckpointDirectory` or a path.

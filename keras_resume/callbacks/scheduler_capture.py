@@ -23,12 +23,26 @@ class SchedulerCapture(SessionCallback):
 
     Example:
 
-    ```python
-    reduce_lr = keras.callbacks.ReduceLROnPlateau(patience=2)
-    early = keras.callbacks.EarlyStopping(patience=5)
-    callbacks = [keras_resume.SchedulerCapture(ckpt, [reduce_lr, early]),
-                 reduce_lr, early, ...]
-    ```
+    >>> import tempfile
+    >>> import keras
+    >>> import numpy as np
+    >>> import keras_resume as kr
+    >>> x = np.random.default_rng(0).random((8, 2))
+    >>> y = x.sum(axis=1, keepdims=True)
+    >>> run = tempfile.mkdtemp()
+    >>> def train(epochs):  # the training script; a baseline no loss beats: wait += 1 an epoch
+    ...     keras.utils.set_random_seed(0)
+    ...     early = keras.callbacks.EarlyStopping(monitor="loss", patience=5, baseline=0.0)
+    ...     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    ...     model.compile(optimizer="sgd", loss="mse")
+    ...     model.fit(x, y, epochs=epochs, verbose=0, callbacks=[
+    ...         kr.FullStateResume(run), kr.StepBackup(run), kr.RngCapture(run),
+    ...         kr.SchedulerCapture(run, [early]), early])
+    ...     return early
+    >>> train(epochs=2).wait
+    2
+    >>> train(epochs=3).wait  # resumed: counts on from 2 (a plain restart would say 1)
+    3
 
     Args:
         ckpt: a `CheckpointDirectory` or a path.

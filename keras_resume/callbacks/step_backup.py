@@ -30,13 +30,19 @@ class StepBackup(SessionCallback):
 
     Example:
 
-    ```python
-    ckpt = keras_resume.CheckpointDirectory("runs/exp1")
-    model.fit(x, y, epochs=10, callbacks=[
-        keras_resume.StepBackup(ckpt, every_n_steps=200, keep=2),
-        keras_resume.FullStateResume(ckpt),
-    ])
-    ```
+    >>> import tempfile
+    >>> import keras
+    >>> import numpy as np
+    >>> import keras_resume as kr
+    >>> x = np.random.default_rng(0).random((8, 2))
+    >>> y = x.sum(axis=1, keepdims=True)
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> run = tempfile.mkdtemp()
+    >>> _ = model.fit(x, y, batch_size=2, epochs=2, verbose=0, callbacks=[
+    ...     kr.StepBackup(run, every_n_steps=3, keep=2), kr.FullStateResume(run)])
+    >>> [(c["epoch"], c["step_in_epoch"], c["global_step"]) for c in kr.list_checkpoints(run)]
+    [(2, 2, 6), (2, 4, 8)]
 
     Args:
         ckpt: a `CheckpointDirectory` or a path.
