@@ -13,7 +13,7 @@ a few dozen parameters.
 
 tests/test_versions.py runs this file under the oldest Keras pyproject.toml
 accepts; the suite runs it under the newest. Code that starts using another
-internal adds it here (and reaches it through keras_resume/backend.py).
+internal adds it here (and reaches it through the keras_resume/backend/ package).
 """
 
 import importlib
@@ -47,7 +47,7 @@ def _resolve(module: str, qualname: str):
 # store subclasses) calls it: (positional count, keyword names), positional
 # counting `self` for a method; None for a constant or class used as it is.
 INTERNALS = [
-    # backend.py: `.weights.h5` written and read outside `save_weights`.
+    # backend/weights_walk.py, weights_file.py: `.weights.h5` outside `save_weights`.
     ("keras.src.saving.saving_lib", "H5IOStore", (1, ("mode",))),
     ("keras.src.saving.saving_lib", "H5IOStore.make", (2, ("metadata",))),
     ("keras.src.saving.saving_lib", "H5IOStore.get", (2, ())),
@@ -77,12 +77,12 @@ INTERNALS = [
     ("keras.src.saving.saving_lib", "_walk_saveable", (1, ())),
     ("keras.src.saving.saving_lib", "_raise_loading_failure", (1, ("warn_only",))),
     ("keras.src.optimizers.base_optimizer", "BaseOptimizer.save_own_variables", (2, ())),
-    # backend.py: seeds and SeedGenerators.
+    # backend/seeds.py, rng.py: seeds and SeedGenerators.
     ("keras.src.backend.common.global_state", "get_global_attribute", (1, ())),
     ("keras.src.utils.rng_utils", "GLOBAL_RANDOM_SEED", None),
     ("keras.src.random.seed_generator", "global_seed_generator", (0, ())),
     ("keras.src.layers.layer", "Layer._flatten_layers", (1, ("include_self", "recursive"))),
-    # backend.py: the training loop.
+    # backend/fit_loop.py, pipelines.py: the training loop.
     ("keras.src.trainers.epoch_iterator", "EpochIterator._get_iterator", (1, ())),
     ("keras.src.trainers.trainer", "Trainer._symbolic_build", (1, ("data_batch",))),
     ("keras.src.trainers.trainer", "Trainer.get_metrics_result", (1, ())),
@@ -92,12 +92,12 @@ INTERNALS = [
         "PyDatasetAdapter.on_epoch_end",
         (1, ()),
     ),
-    # backend.py: a model fit builds at its first batch, built from the data's spec.
+    # backend/fit_loop.py: a model fit builds at its first batch, built from the data's spec.
     ("keras.src.backend", "compute_output_spec", (2, ("training",))),
     ("keras.src.trainers.data_adapters.data_adapter_utils", "unpack_x_y_sample_weight", (1, ())),
     ("keras.src.tree", "map_structure", (2, ())),
     ("keras.src.layers.layer", "Layer._post_build", (1, ())),
-    # backend.py and state/data_state.py: a torch DataLoader's generators.
+    # backend/rng.py and state/data_state.py: a torch DataLoader's generators.
     (
         "keras.src.trainers.data_adapters.torch_data_loader_adapter",
         "TorchDataLoaderAdapter.get_torch_dataloader",
@@ -114,11 +114,11 @@ INTERNALS = [
     ("keras.src.callbacks.monitor_callback", "MonitorCallback._is_improvement", (3, ())),
     ("keras.src.ops", "less", (2, ())),
     ("keras.src.utils.io_utils", "print_msg", (1, ())),
-    # backend.py: TensorFlow's process-wide generators (captured on every backend).
+    # backend/rng.py: TensorFlow's process-wide generators (captured on every backend).
     ("tensorflow.python.eager.context", "context", (0, ())),
     ("tensorflow.python.eager.context", "global_seed", (0, ())),
     ("tensorflow.python.ops.stateful_random_ops", "global_generator", None),
-    # backend.py: a multi-process JAX job.
+    # backend/collectives.py: a multi-process JAX job.
     ("jax._src.distributed", "global_state.client", None),
     ("jax.experimental.multihost_utils", "broadcast_one_to_all", (1, ())),
     ("jax.experimental.multihost_utils", "sync_global_devices", (1, ())),
@@ -127,8 +127,9 @@ INTERNALS = [
 if "jax" in FIT_BACKENDS:
     INTERNALS.append(("keras.src.backend.jax.trainer", "JAXTrainer.jax_state_sync", (1, ())))
 
-# backend.py: a PyDataset's enqueuer (EnqueuerWatch), a Python generator's adapter, and
-# the tf.data pipeline's steps, functions and caches (pipeline_state.py).
+# backend/enqueuer.py, pipelines.py: a PyDataset's enqueuer (EnqueuerWatch), a Python
+# generator's adapter, and the tf.data pipeline's steps, functions and caches
+# (pipeline_state.py).
 _PYDATASET = "keras.src.trainers.data_adapters.py_dataset_adapter"
 INTERNALS += [
     (_PYDATASET, "PyDatasetAdapter.on_epoch_begin", (1, ())),
