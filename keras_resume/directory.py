@@ -375,10 +375,9 @@ class CheckpointDirectory:
         ckpt_id = manifest["next_id"]
         # An id at or above next_id is never in the manifest: only a crash
         # between rename and manifest write leaves such a directory.
-        storage.remove(self.path / checkpoint.staged_name(pending.kind, ckpt_id))
-        with storage.StagedDirectory(
-            self.path, checkpoint.staged_name(pending.kind, ckpt_id)
-        ) as staged:
+        name = checkpoint.staged_name(pending.kind, ckpt_id)
+        storage.remove(self.path / name)
+        with storage.StagedDirectory(self.path, name) as staged:
             files = checkpoint.write_files(staged.path, pending, self._take_parts)
             entry = checkpoint.new_entry(staged.path, pending, ckpt_id, files)
             unlisted = _add_entry(manifest, entry, pending)
@@ -466,11 +465,12 @@ class CheckpointDirectory:
         this write unlists. Returns `(manifest, plan, removed)`, `plan` as
         `retention.plan` gives it.
         """
-        found: dict = {}
+        plan: dict[int, list[str]] = {}
+        removed: list[dict] = []
 
         def change(manifest: dict) -> None:
-            found["plan"] = retention.plan(manifest, policy)
-            found["removed"] = retention.unlist(manifest, found["plan"])
+            plan.update(retention.plan(manifest, policy))
+            removed.extend(retention.unlist(manifest, plan))
 
         held_before = self.lock.held
         try:
@@ -478,8 +478,8 @@ class CheckpointDirectory:
         finally:
             if not held_before:
                 self.release_lock()
-        self.remove(found["removed"])  # unlisted now: deleting them is no longer a commit
-        return manifest, found["plan"], found["removed"]
+        self.remove(removed)  # unlisted now: deleting them is no longer a commit
+        return manifest, plan, removed
 
     # --- the usual set of callbacks -----------------------------------------------
 

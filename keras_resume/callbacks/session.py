@@ -14,7 +14,7 @@ import weakref
 import keras
 
 from keras_resume import backend, multiprocess
-from keras_resume.directory import CheckpointDirectory, as_directory  # noqa: F401
+from keras_resume.directory import CheckpointDirectory, as_directory
 from keras_resume.errors import DirectoryLockedError, KerasResumeError, SaveError
 from keras_resume.state import append_logs, model_state
 from keras_resume.state.bundle import StateBundle
